@@ -1,0 +1,178 @@
+"""The seams between the session code and the engines behind it.
+
+``Broker`` moves notifications from publishers to sockets, ``History`` keeps each
+topic's recent notifications with their offsets for recovery, ``Presence`` counts
+who is connected. ``Backend`` bundles one implementation of each with a lifecycle.
+The embedded backend (``memory``) implements them in-process; the distributed one
+with RabbitMQ and Redis. One contract test suite runs against every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hub.notification import Notification
+
+
+class SubscriptionOverflow(Exception):
+    """The socket fell behind by more than its bound; it must be closed (1013) and recover."""
+
+
+class SubscriptionGap(Exception):
+    """Live messages may have been missed (the broker connection was lost and restored).
+
+    The subscription is usable again; the caller back-fills from history after the
+    last offset it delivered per topic, then calls ``receive`` again.
+    """
+
+
+class BackendUnavailable(Exception):
+    """The broker or store cannot take the request now; the caller may retry later."""
+
+
+class Subscription(Protocol):
+    """Live notifications for one socket's topics, in per-topic order, bounded.
+
+    The caller reads with ``receive``, writes what it got to the socket, then calls
+    ``ack``; unacknowledged notifications count against the bound.
+    """
+
+    async def receive(self) -> Sequence[Notification]:
+        """Wait for at least one notification and return every one buffered, oldest first.
+
+        Raises SubscriptionOverflow when the bound was exceeded, SubscriptionGap when
+        messages may have been missed but the subscription goes on.
+        """
+        ...
+
+    def ack(self) -> None:
+        """Acknowledge every notification returned by ``receive`` so far."""
+        ...
+
+    async def close(self) -> None:
+        """Stop the subscription and release its queue; idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What publishing a notification produced: its id and, when known, its offset.
+
+    ``offset`` is None when history is off or when sequencing happens later (AMQP).
+    ``duplicate`` is True when the id was already in the topic's history.
+    """
+
+    id: str
+    offset: str | None
+    duplicate: bool = False
+
+
+class Broker(Protocol):
+    """Carries notifications from publishers to live subscriptions."""
+
+    async def publish(
+        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+    ) -> Receipt:
+        """Accept a notification for ``topic`` (already validated) and return once it is safe.
+
+        "Safe" means sequenced into history (embedded) or confirmed by the broker
+        (AMQP). ``ttl`` (seconds) bounds how long an undelivered message may wait.
+        """
+        ...
+
+    async def subscribe(self, topics: Sequence[str]) -> Subscription:
+        """Start receiving live notifications for ``topics`` (already validated).
+
+        Every notification accepted after this returns is delivered to the
+        subscription (or it overflows); the caller must ``close`` it.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """Notifications after an offset, and whether they are all that was ever published after it.
+
+    ``complete`` is False when entries after the offset were trimmed (count or age).
+    """
+
+    notifications: Sequence[Notification]
+    complete: bool
+
+
+class History(Protocol):
+    """Each topic's recent notifications with their offsets, retained by count and age."""
+
+    async def append(self, topic: str, id: str, ts: int, data: Any) -> tuple[str, bool]:
+        """Append a notification; return its offset and whether ``id`` was already present.
+
+        A duplicate is not appended again: its existing offset is returned.
+        """
+        ...
+
+    async def latest(self, topics: Sequence[str]) -> dict[str, str]:
+        """The newest offset of each topic (``0-0`` for a topic with no history)."""
+        ...
+
+    async def read(self, after: Mapping[str, str]) -> dict[str, HistoryRead]:
+        """Every retained notification of each topic with an offset greater than ``after[topic]``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One socket as presence sees it."""
+
+    conn_id: str
+    user: str
+    replica: str
+
+
+class Presence(Protocol):
+    """Who is connected, across every replica of the deployment."""
+
+    async def add(self, conn: Connection) -> int:
+        """Record a connection; return the user's connection count including it."""
+        ...
+
+    async def remove(self, conn: Connection) -> int:
+        """Forget a connection (idempotent); return the user's remaining connection count."""
+        ...
+
+    async def count(self, users: Sequence[str]) -> dict[str, int]:
+        """The number of live connections of each user (0 when offline)."""
+        ...
+
+
+class Backend(Protocol):
+    """One implementation of each seam, started and stopped together."""
+
+    @property
+    def name(self) -> str:
+        """Short name for logs and ``/readyz``."""
+        ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def history(self) -> History | None:
+        """None when history is off (``HUB_HISTORY_SIZE=0``)."""
+        ...
+
+    @property
+    def presence(self) -> Presence: ...
+
+    async def start(self) -> None:
+        """Connect and declare what is needed; raise if the engines cannot be reached."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work and release connections; idempotent."""
+        ...
+
+    async def check(self) -> dict[str, str | None]:
+        """Health of each engine: name → None when healthy, else what is wrong."""
+        ...

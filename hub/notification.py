@@ -1,0 +1,67 @@
+"""The notification as it travels from a publisher to every socket of a topic."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from hub.protocol import Codec, Wire
+from hub.topics import parse_offset
+
+
+class Notification:
+    """One sequenced notification.
+
+    ``offset`` is the topic's stream position (``<ms>-<seq>``), or None when history is
+    off. The encoded ``notification`` frame is cached per codec, so fanning one
+    notification out to many sockets encodes it once per codec, not once per socket.
+    """
+
+    __slots__ = ("_frames", "_key", "data", "id", "offset", "topic", "ts")
+
+    def __init__(self, *, id: str, topic: str, offset: str | None, ts: int, data: Any) -> None:
+        self.id = id
+        self.topic = topic
+        self.offset = offset
+        self.ts = ts
+        self.data = data
+        self._frames: dict[str, Wire] = {}
+        self._key: tuple[int, int] | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The offset as two numbers for ordering; ``(0, 0)`` when there is no offset."""
+        key = self._key
+        if key is None:
+            key = self._key = parse_offset(self.offset) if self.offset is not None else (0, 0)
+        return key
+
+    def frame(self, codec: Codec) -> Wire:
+        """The ``notification`` frame in ``codec``'s encoding (cached)."""
+        wire = self._frames.get(codec.name)
+        if wire is None:
+            wire = self._frames[codec.name] = codec.encode(self.as_frame())
+        return wire
+
+    def as_frame(self) -> dict[str, Any]:
+        """The ``notification`` frame as a map; ``offset`` is left out when history is off."""
+        frame: dict[str, Any] = {"type": "notification", "id": self.id, "topic": self.topic}
+        if self.offset is not None:
+            frame["offset"] = self.offset
+        frame["ts"] = self.ts
+        frame["data"] = self.data
+        return frame
+
+    def __repr__(self) -> str:
+        return f"Notification(id={self.id!r}, topic={self.topic!r}, offset={self.offset!r})"
+
+
+def new_id() -> str:
+    """A fresh notification id for a message published without one."""
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the unit of ``ts`` and of offsets."""
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,219 @@
+"""WebSocket protocol v1, without I/O: frames, the JSON and msgpack codecs, validation.
+
+Bytes or text in, typed frames out; typed frames in, bytes or text out. Nothing here
+touches a socket or an event loop, so every malformed case is testable directly
+(the approach of python-websockets' sans-I/O core).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from hub.codes import CloseCode
+from hub.topics import InvalidTopic, parse_offset, validate_topic
+
+JSON_SUBPROTOCOL: Final = "hub.v1.json"
+MSGPACK_SUBPROTOCOL: Final = "hub.v1.msgpack"
+SUBPROTOCOLS: Final = (JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL)
+
+MAX_TOKEN_LENGTH: Final = 8192
+MAX_SINCE_TOPICS: Final = 64
+
+Wire = str | bytes
+
+
+class ProtocolError(Exception):
+    """A frame the hub refuses; ``code`` is the close code to answer with."""
+
+    def __init__(self, message: str, code: CloseCode = CloseCode.PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+class Codec:
+    """Encodes and decodes frame maps for one subprotocol."""
+
+    name: str
+    binary: bool
+
+    def encode(self, frame: dict[str, Any]) -> Wire:
+        """Serialize one frame map."""
+        raise NotImplementedError
+
+    def decode(self, data: Wire) -> dict[str, Any]:
+        """Parse one frame into a map, or raise ProtocolError."""
+        raise NotImplementedError
+
+
+class JsonCodec(Codec):
+    """``hub.v1.json``: text frames holding a JSON object."""
+
+    name = JSON_SUBPROTOCOL
+    binary = False
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+    def encode(self, frame: dict[str, Any]) -> Wire:
+        return self._encoder.encode(frame)
+
+    def decode(self, data: Wire) -> dict[str, Any]:
+        if not isinstance(data, str):
+            raise ProtocolError("expected a text frame on hub.v1.json, got a binary frame")
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise ProtocolError(f"expected a JSON object, got unreadable JSON ({exc})") from None
+        return _as_map(value)
+
+
+class MsgpackCodec(Codec):
+    """``hub.v1.msgpack``: binary frames holding a msgpack map."""
+
+    name = MSGPACK_SUBPROTOCOL
+    binary = True
+
+    def encode(self, frame: dict[str, Any]) -> Wire:
+        return msgpack.packb(frame, use_bin_type=True)
+
+    def decode(self, data: Wire) -> dict[str, Any]:
+        if not isinstance(data, bytes):
+            raise ProtocolError("expected a binary frame on hub.v1.msgpack, got a text frame")
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ProtocolError(f"expected a msgpack map, got unreadable msgpack ({exc})") from None
+        return _as_map(value)
+
+
+JSON: Final = JsonCodec()
+MSGPACK: Final = MsgpackCodec()
+CODECS: Final[dict[str, Codec]] = {JSON.name: JSON, MSGPACK.name: MSGPACK}
+
+
+def choose_codec(offered: list[str]) -> Codec | None:
+    """The codec for a client's ``Sec-WebSocket-Protocol`` list (JSON when none is offered).
+
+    Returns None when the client offered subprotocols but none of ours: the upgrade
+    must then be refused.
+    """
+    if not offered:
+        return JSON
+    for name in offered:
+        codec = CODECS.get(name)
+        if codec is not None:
+            return codec
+    return None
+
+
+def _as_map(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"expected a frame map, got {type(value).__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------- client frames
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """First frame of every connection."""
+
+    token: str
+    since: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Replace an expiring token without reconnecting."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer to a ``ping``."""
+
+
+ClientFrame = Connect | Refresh | Pong
+
+
+def parse_client_frame(codec: Codec, data: Wire) -> ClientFrame:
+    """Decode and validate one client frame, or raise ProtocolError with the close code to use."""
+    frame = codec.decode(data)
+    kind = frame.get("type")
+    if kind == "pong":
+        return Pong()
+    if kind == "connect":
+        return Connect(token=_token(frame), since=_since(frame.get("since")))
+    if kind == "refresh":
+        return Refresh(token=_token(frame))
+    raise ProtocolError(f"expected a frame type of connect, refresh or pong, got {kind!r:.40}")
+
+
+def _token(frame: dict[str, Any]) -> str:
+    token = frame.get("token")
+    if not isinstance(token, str) or not token:
+        raise ProtocolError("expected a non-empty string 'token'", CloseCode.BAD_TOKEN)
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise ProtocolError(f"expected a token of at most {MAX_TOKEN_LENGTH} characters", CloseCode.BAD_TOKEN)
+    return token
+
+
+def _since(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"expected 'since' to be a map of topic to offset, got {type(value).__name__}")
+    if len(value) > MAX_SINCE_TOPICS:
+        raise ProtocolError(f"expected at most {MAX_SINCE_TOPICS} topics in 'since', got {len(value)}")
+    since: dict[str, str] = {}
+    for topic, offset in value.items():
+        try:
+            validate_topic(topic)
+            parse_offset(offset)
+        except InvalidTopic as exc:
+            raise ProtocolError(f"bad 'since' entry: {exc}") from None
+        since[topic] = offset
+    return since
+
+
+# ---------------------------------------------------------------------- server frames
+
+
+def connected_frame(
+    *,
+    conn_id: str,
+    user: str,
+    topics: list[str],
+    replica: str,
+    ping_interval: float,
+    recovered: bool,
+    offsets: dict[str, str],
+) -> dict[str, Any]:
+    """The ``connected`` frame that accepts a connection."""
+    return {
+        "type": "connected",
+        "conn_id": conn_id,
+        "user": user,
+        "topics": topics,
+        "replica": replica,
+        "ping_interval": ping_interval,
+        "recovered": recovered,
+        "offsets": offsets,
+    }
+
+
+PING_FRAME: Final[dict[str, Any]] = {"type": "ping"}
+
+
+def error_frame(code: CloseCode, message: str) -> dict[str, Any]:
+    """The ``error`` frame sent before a close with a reason; ``code`` is the close code that follows."""
+    return {"type": "error", "code": int(code), "message": message}
