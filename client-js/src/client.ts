@@ -1,0 +1,594 @@
+import { fullJitterDelay } from './backoff.js';
+import { CLIENT_NO_PING, CloseCode, closeCodeName, reconnectPolicy } from './codes.js';
+import type { ReconnectPolicy } from './codes.js';
+import { SUBPROTOCOLS, codecFor, jsonCodec } from './codec.js';
+import type { Codec, Protocol } from './codec.js';
+import { Emitter } from './emitter.js';
+import { invalidFrameReason } from './frames.js';
+import type {
+  ClientFrame,
+  ConnectedFrame,
+  ErrorFrame,
+  NotificationFrame,
+  RawFrame,
+} from './frames.js';
+import { decodeClaims, refreshDelay } from './jwt.js';
+import { BrowserWatch } from './browser.js';
+import { MemoryStorage, OffsetTracker, WebStorage } from './offsets.js';
+import type { OffsetStorage } from './offsets.js';
+
+/** The client's connection state. `connecting` also covers waiting to reconnect. */
+export type ConnectionState = 'disconnected' | 'connecting' | 'connected';
+
+/** The part of the browser's WebSocket the client uses; tests inject a fake. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  readonly protocol: string;
+  binaryType: BinaryType;
+  onopen: ((ev: Event) => unknown) | null;
+  onmessage: ((ev: MessageEvent) => unknown) | null;
+  onclose: ((ev: CloseEvent) => unknown) | null;
+  onerror: ((ev: Event) => unknown) | null;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface HubClientOptions {
+  /** The hub's WebSocket endpoint, e.g. `wss://hub.example.com/ws`. */
+  url: string;
+  /**
+   * Returns a token (JWT) for the hub. Called before every connection attempt
+   * and before the current token expires; may return a cached token while it
+   * is still fresh. A rejection is reported as an `error` event and retried
+   * with backoff.
+   */
+  getToken: () => Promise<string> | string;
+  /** Wire format: `json` (default) or `msgpack`. */
+  protocol?: Protocol;
+  /**
+   * Where the last offset per topic is kept: `memory` (default; survives
+   * reconnects) or `session` (sessionStorage; also survives a page reload),
+   * or your own {@link OffsetStorage}.
+   */
+  storage?: 'memory' | 'session' | OffsetStorage;
+  /** sessionStorage key; default `notification-hub:<url>`. */
+  storageKey?: string;
+  /** First backoff window, ms (default 500). */
+  reconnectBaseMs?: number;
+  /** Largest backoff window, ms (default 20000). */
+  reconnectMaxMs?: number;
+  /** A connection must stay up this long (ms) before the retry count resets (default 5000). */
+  minUptimeMs?: number;
+  /** Deadline for token + handshake + `connected` frame, ms (default 10000). */
+  connectTimeoutMs?: number;
+  /** Refresh the token this long before its `exp`, ms (default 30000; at most half its life). */
+  refreshLeadMs?: number;
+  /** WebSocket implementation (default: the global `WebSocket`). */
+  WebSocket?: WebSocketConstructor;
+  /** Follow `online`/`offline` and page visibility (default: true where `window` exists). */
+  watchBrowser?: boolean;
+  /** Random source in [0, 1) for backoff jitter (tests). */
+  random?: () => number;
+}
+
+/** A notification as delivered to the application. */
+export type HubNotification<T = unknown> = Omit<NotificationFrame<T>, 'type'>;
+
+export interface StateChange {
+  state: ConnectionState;
+  previous: ConnectionState;
+}
+
+/** `recovered: false`: some notifications may be missing; the app should refetch. */
+export interface GapEvent {
+  /** The topics the client asked to resume. */
+  topics: string[];
+  connected: ConnectedFrame;
+}
+
+export interface DisconnectEvent {
+  code: number;
+  reason: string;
+  /** Whether the client will reconnect by itself. */
+  reconnect: boolean;
+  /** Delay before the next attempt, ms, when `reconnect` (null while offline). */
+  delayMs: number | null;
+}
+
+export type HubErrorKind = 'token' | 'server' | 'protocol' | 'transport' | 'timeout' | 'closed';
+
+/** An error the client reports; `fatal` means it stopped and will not reconnect. */
+export class HubClientError extends Error {
+  constructor(
+    readonly kind: HubErrorKind,
+    message: string,
+    readonly code: number | string | null = null,
+    readonly fatal = false,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'HubClientError';
+  }
+}
+
+export interface HubClientEvents {
+  state: StateChange;
+  connected: ConnectedFrame;
+  notification: HubNotification;
+  gap: GapEvent;
+  disconnected: DisconnectEvent;
+  error: HubClientError;
+}
+
+const OPEN = 1;
+
+type TimerName = 'reconnect' | 'connectTimeout' | 'watchdog' | 'refresh' | 'stable';
+
+/**
+ * A connection to the notification hub that stays connected: it reconnects
+ * with backoff, resumes from the last offset seen per topic, drops
+ * duplicates, answers pings and refreshes its token in-band.
+ *
+ * Events: `state`, `connected`, `notification`, `gap`, `disconnected`, `error`.
+ */
+export class HubClient extends Emitter<HubClientEvents> {
+  private readonly opts: Required<
+    Omit<HubClientOptions, 'storage' | 'storageKey' | 'WebSocket' | 'watchBrowser'>
+  >;
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly tracker: OffsetTracker;
+  private readonly browser: BrowserWatch | null;
+  private readonly timers = new Map<TimerName, ReturnType<typeof setTimeout>>();
+
+  private _state: ConnectionState = 'disconnected';
+  private active = false;
+  private offline = false;
+  /** Bumped by every attempt and by disconnect(): stale async results compare it. */
+  private epoch = 0;
+  private ws: WebSocketLike | null = null;
+  private codec: Codec = jsonCodec;
+  private token: string | null = null;
+  private attempts = 0;
+  /** One immediate retry (1012, 4001, 4009) is allowed until a connection is stable again. */
+  private quickRetryUsed = false;
+  private sentSince: string[] = [];
+  /** Topics whose resume point was lost before the next `connected` (reported as a gap). */
+  private gapTopics: string[] = [];
+  private serverError: ErrorFrame | null = null;
+  private pingMs: number | null = null;
+  private lastHeard = 0;
+  private _connection: ConnectedFrame | null = null;
+
+  constructor(options: HubClientOptions) {
+    super();
+    if (!options || typeof options.url !== 'string' || typeof options.getToken !== 'function') {
+      throw new TypeError('HubClient: expected options {url: string, getToken: () => Promise<string>}');
+    }
+    this.opts = {
+      url: options.url,
+      getToken: options.getToken,
+      protocol: options.protocol ?? 'json',
+      reconnectBaseMs: options.reconnectBaseMs ?? 500,
+      reconnectMaxMs: options.reconnectMaxMs ?? 20_000,
+      minUptimeMs: options.minUptimeMs ?? 5_000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      refreshLeadMs: options.refreshLeadMs ?? 30_000,
+      random: options.random ?? Math.random,
+    };
+    if (this.opts.protocol !== 'json' && this.opts.protocol !== 'msgpack') {
+      throw new TypeError(`HubClient: expected protocol 'json' or 'msgpack', got ${String(options.protocol)}`);
+    }
+    this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    this.tracker = new OffsetTracker(makeStorage(options.storage, options.storageKey ?? `notification-hub:${options.url}`));
+    const watch = options.watchBrowser ?? typeof window !== 'undefined';
+    this.browser = watch
+      ? new BrowserWatch({
+          online: () => this.onOnline(),
+          offline: () => this.onOffline(),
+          visible: () => this.onVisible(),
+        })
+      : null;
+  }
+
+  /** The current connection state. */
+  get state(): ConnectionState {
+    return this._state;
+  }
+
+  /** The `connected` frame of the current connection, or null when not connected. */
+  get connection(): ConnectedFrame | null {
+    return this._connection;
+  }
+
+  /** The last offset seen per topic (the resume point of the next reconnect). */
+  get offsets(): Record<string, string> {
+    return this.tracker.snapshot();
+  }
+
+  /** Starts connecting (and staying connected). Does nothing if already started. */
+  connect(): void {
+    if (this.active) return;
+    this.active = true;
+    this.attempts = 0;
+    this.quickRetryUsed = false;
+    this.browser?.attach();
+    this.offline = this.browser?.isOffline() ?? false;
+    this.open();
+  }
+
+  /** Closes the connection and stops reconnecting. `connect()` starts again. */
+  disconnect(): void {
+    const wasActive = this.active;
+    this.active = false;
+    this.epoch++;
+    this.browser?.detach();
+    this.closeSocket(CloseCode.NORMAL, 'client disconnect');
+    this.clearTimers();
+    if (wasActive) {
+      this.emit('disconnected', { code: CloseCode.NORMAL, reason: 'client disconnect', reconnect: false, delayMs: null });
+    }
+    this.setState('disconnected');
+  }
+
+  /** Forgets the stored offsets: the next connection gets only new notifications. */
+  resetOffsets(): void {
+    this.tracker.reset();
+  }
+
+  // -- connecting ---------------------------------------------------------
+
+  private open(): void {
+    this.clearTimer('reconnect');
+    if (!this.active) return;
+    this.setState('connecting');
+    if (this.offline) return; // onOnline() resumes.
+    const epoch = ++this.epoch;
+    this.setTimer('connectTimeout', this.opts.connectTimeoutMs, () => {
+      this.emit('error', new HubClientError('timeout', `no 'connected' frame within ${this.opts.connectTimeoutMs} ms`));
+      this.drop(CloseCode.ABNORMAL, 'connect timeout');
+    });
+    let tokenPromise: Promise<string>;
+    try {
+      tokenPromise = Promise.resolve(this.opts.getToken());
+    } catch (err) {
+      tokenPromise = Promise.reject(err);
+    }
+    tokenPromise.then(
+      (token) => {
+        if (epoch !== this.epoch || !this.active) return;
+        if (typeof token !== 'string' || token === '') {
+          this.failAttempt(new HubClientError('token', `getToken() must resolve to a non-empty string, got ${typeof token}`));
+          return;
+        }
+        this.token = token;
+        this.openSocket(token);
+      },
+      (err: unknown) => {
+        if (epoch !== this.epoch || !this.active) return;
+        this.failAttempt(new HubClientError('token', `getToken() failed: ${describe(err)}`, null, false, { cause: err }));
+      },
+    );
+  }
+
+  private openSocket(token: string): void {
+    const WS = this.WS;
+    if (!WS) {
+      this.failAttempt(new HubClientError('transport', 'no WebSocket implementation: pass options.WebSocket'));
+      return;
+    }
+    let ws: WebSocketLike;
+    try {
+      ws = new WS(this.opts.url, [SUBPROTOCOLS[this.opts.protocol]]);
+    } catch (err) {
+      this.failAttempt(new HubClientError('transport', `cannot open ${this.opts.url}: ${describe(err)}`, null, false, { cause: err }));
+      return;
+    }
+    this.ws = ws;
+    this.serverError = null;
+    ws.binaryType = 'arraybuffer';
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      this.codec = codecFor(ws.protocol, this.opts.protocol);
+      this.lastHeard = Date.now();
+      this.send(this.connectFrame(token));
+    };
+    ws.onmessage = (ev) => {
+      if (ws === this.ws) this.onMessage(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (ws !== this.ws) return;
+      this.ws = null;
+      this.onClose(ev.code, ev.reason);
+    };
+    ws.onerror = () => {
+      // A close event always follows; the close code says more than the error does.
+    };
+  }
+
+  private connectFrame(token: string): ClientFrame {
+    const claims = decodeClaims(token);
+    if (claims?.sub !== undefined && this.tracker.owner !== null && this.tracker.owner !== claims.sub) {
+      this.tracker.reset(); // another user logged in in this tab
+    }
+    let since = this.tracker.snapshot();
+    if (claims?.sub !== undefined) {
+      // Only resume topics this token may read: a stale entry must not get us closed with 4003.
+      const allowed = new Set([`user.${claims.sub}`, ...(claims.topics ?? [])]);
+      since = Object.fromEntries(Object.entries(since).filter(([topic]) => allowed.has(topic)));
+    }
+    this.sentSince = Object.keys(since);
+    return this.sentSince.length > 0 ? { type: 'connect', token, since } : { type: 'connect', token };
+  }
+
+  // -- receiving ------------------------------------------------------------
+
+  private onMessage(data: unknown): void {
+    this.lastHeard = Date.now();
+    let frame: RawFrame;
+    try {
+      frame = this.codec.decode(data);
+    } catch (err) {
+      this.emit('error', new HubClientError('protocol', `unreadable frame from hub: ${describe(err)}`, null, false, { cause: err }));
+      return;
+    }
+    const invalid = invalidFrameReason(frame);
+    if (invalid !== null) {
+      // Unknown frame types are ignored so that the hub can add some.
+      if (frame.type === 'connected' || frame.type === 'notification') {
+        this.emit('error', new HubClientError('protocol', `bad frame from hub: ${invalid}`));
+      }
+      return;
+    }
+    switch (frame.type) {
+      case 'connected':
+        this.onConnected(frame as unknown as ConnectedFrame);
+        break;
+      case 'notification':
+        this.onNotification(frame as unknown as NotificationFrame);
+        break;
+      case 'ping':
+        this.send({ type: 'pong' });
+        break;
+      case 'error': {
+        const err = frame as unknown as ErrorFrame;
+        this.serverError = err;
+        this.emit('error', new HubClientError('server', `hub error ${String(err.code)}: ${String(err.message)}`, err.code ?? null));
+        break;
+      }
+    }
+  }
+
+  private onConnected(frame: ConnectedFrame): void {
+    this.clearTimer('connectTimeout');
+    this._connection = frame;
+    this.tracker.setOwner(frame.user);
+    if (frame.offsets && typeof frame.offsets === 'object') this.tracker.seed(frame.offsets);
+    this.pingMs = typeof frame.ping_interval === 'number' && frame.ping_interval > 0 ? frame.ping_interval * 1000 : null;
+    this.armWatchdog();
+    this.setTimer('stable', this.opts.minUptimeMs, () => {
+      this.attempts = 0;
+      this.quickRetryUsed = false;
+    });
+    if (this.token) this.scheduleRefresh(this.token);
+    this.setState('connected');
+    this.emit('connected', frame);
+    const gap = frame.recovered === false ? [...this.sentSince] : [];
+    for (const topic of this.gapTopics) if (!gap.includes(topic)) gap.push(topic);
+    this.gapTopics = [];
+    if (gap.length > 0) this.emit('gap', { topics: gap, connected: frame });
+  }
+
+  private onNotification(frame: NotificationFrame): void {
+    if (!this.tracker.accept(frame.topic, frame.offset)) return; // duplicate
+    const { type: _type, ...notification } = frame;
+    this.emit('notification', notification);
+  }
+
+  // -- closing and reconnecting -----------------------------------------
+
+  private onClose(code: number, reason: string): void {
+    this.epoch++; // results of this connection's pending getToken() calls are stale now
+    this.clearSocketTimers();
+    this._connection = null;
+    if (!this.active) {
+      this.setState('disconnected');
+      return;
+    }
+    const policy = reconnectPolicy(code);
+    const serverError = this.serverError;
+    this.serverError = null;
+    if (policy === 'stop') {
+      this.active = false;
+      this.browser?.detach();
+      this.clearTimers();
+      this.emit('disconnected', { code, reason, reconnect: false, delayMs: null });
+      const detail = serverError ? `: ${serverError.message}` : reason ? `: ${reason}` : '';
+      this.emit('error', new HubClientError('closed', `closed by hub with ${code} ${closeCodeName(code)}${detail}; not reconnecting`, code, true));
+      this.setState('disconnected');
+      return;
+    }
+    if (code === CloseCode.PROTOCOL_ERROR && this._state !== 'connected' && this.sentSince.length > 0) {
+      // The hub refused our connect frame; a bad stored offset must not make that a loop.
+      // Resume without `since` and tell the app (via `gap`) that it may have missed some.
+      this.gapTopics = [...this.sentSince];
+      this.tracker.reset();
+    }
+    const delay = this.offline ? null : this.nextDelay(policy);
+    this.emit('disconnected', { code, reason, reconnect: true, delayMs: delay });
+    this.setState('connecting');
+    if (delay !== null) this.setTimer('reconnect', delay, () => this.open());
+  }
+
+  /** An attempt failed before a socket existed (token, constructor): back off and retry. */
+  private failAttempt(error: HubClientError): void {
+    this.emit('error', error);
+    this.drop(CloseCode.ABNORMAL, error.message);
+  }
+
+  /** Closes the current socket (if any) from our side and goes through the close path at once. */
+  private drop(code: number, reason: string): void {
+    this.closeSocket(code === CLIENT_NO_PING ? CLIENT_NO_PING : CloseCode.NORMAL, reason);
+    this.onClose(code, reason);
+  }
+
+  private closeSocket(code: number, reason: string): void {
+    const ws = this.ws;
+    this.ws = null;
+    this.clearSocketTimers();
+    this._connection = null;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onerror = null;
+    ws.onclose = null;
+    try {
+      ws.close(code, reason.slice(0, 120));
+    } catch {
+      // already closing
+    }
+  }
+
+  private nextDelay(policy: ReconnectPolicy): number {
+    if ((policy === 'now' || policy === 'token') && !this.quickRetryUsed) {
+      this.quickRetryUsed = true;
+      return 0;
+    }
+    const attempt = policy === 'slow' ? Math.max(this.attempts, 3) : this.attempts;
+    this.attempts++;
+    return fullJitterDelay(attempt, this.opts.reconnectBaseMs, this.opts.reconnectMaxMs, this.opts.random);
+  }
+
+  // -- liveness and token refresh ---------------------------------------
+
+  private armWatchdog(): void {
+    const pingMs = this.pingMs;
+    if (pingMs === null) return;
+    const deadline = 2 * pingMs;
+    const wait = Math.max(0, this.lastHeard + deadline - Date.now());
+    this.setTimer('watchdog', wait, () => {
+      if (Date.now() - this.lastHeard >= deadline) {
+        this.emit('error', new HubClientError('timeout', `nothing heard from hub for ${deadline} ms`, CLIENT_NO_PING));
+        this.drop(CLIENT_NO_PING, 'no ping from hub');
+      } else {
+        this.armWatchdog();
+      }
+    });
+  }
+
+  private scheduleRefresh(token: string): void {
+    const delay = refreshDelay(token, Date.now(), this.opts.refreshLeadMs);
+    if (delay === null) return;
+    const epoch = this.epoch;
+    this.setTimer('refresh', Math.max(delay, 1000), () => {
+      let p: Promise<string>;
+      try {
+        p = Promise.resolve(this.opts.getToken());
+      } catch (err) {
+        p = Promise.reject(err);
+      }
+      p.then(
+        (fresh) => {
+          if (epoch !== this.epoch || this._state !== 'connected') return;
+          if (typeof fresh === 'string' && fresh !== '' && fresh !== this.token) {
+            this.token = fresh;
+            this.send({ type: 'refresh', token: fresh });
+          }
+          // A token that did not change is retried later; if it expires, the hub closes with 4009.
+          this.scheduleRefresh(this.token ?? fresh);
+        },
+        (err: unknown) => {
+          if (epoch !== this.epoch) return;
+          this.emit('error', new HubClientError('token', `token refresh failed: ${describe(err)}`, null, false, { cause: err }));
+          if (this.token) this.scheduleRefresh(this.token);
+        },
+      );
+    });
+  }
+
+  // -- browser signals --------------------------------------------------
+
+  private onOffline(): void {
+    if (this.offline) return;
+    this.offline = true;
+    if (!this.active) return;
+    this.clearTimer('reconnect');
+    if (this.ws || this.timers.has('connectTimeout')) {
+      this.drop(CloseCode.ABNORMAL, 'browser offline');
+    }
+  }
+
+  private onOnline(): void {
+    const wasOffline = this.offline;
+    this.offline = false;
+    if (!this.active || this.ws) return;
+    if (wasOffline || this.timers.has('reconnect')) {
+      this.attempts = 0;
+      this.open();
+    }
+  }
+
+  private onVisible(): void {
+    if (!this.active) return;
+    if (this.timers.has('reconnect')) {
+      this.open(); // the user is looking: do not make them wait out the backoff
+    } else if (this._state === 'connected') {
+      this.armWatchdog(); // timers may have been throttled while hidden
+    }
+  }
+
+  // -- helpers ----------------------------------------------------------
+
+  private send(frame: ClientFrame): void {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== OPEN) return;
+    try {
+      ws.send(this.codec.encode(frame));
+    } catch (err) {
+      this.emit('error', new HubClientError('transport', `send failed: ${describe(err)}`, null, false, { cause: err }));
+    }
+  }
+
+  /** Emits `state` only on a real change. */
+  private setState(state: ConnectionState): void {
+    const previous = this._state;
+    if (previous === state) return;
+    this._state = state;
+    this.emit('state', { state, previous });
+  }
+
+  private setTimer(name: TimerName, ms: number, fn: () => void): void {
+    this.clearTimer(name);
+    const handle = setTimeout(() => {
+      this.timers.delete(name);
+      fn();
+    }, ms);
+    this.timers.set(name, handle);
+  }
+
+  private clearTimer(name: TimerName): void {
+    const handle = this.timers.get(name);
+    if (handle !== undefined) clearTimeout(handle);
+    this.timers.delete(name);
+  }
+
+  private clearSocketTimers(): void {
+    for (const name of ['connectTimeout', 'watchdog', 'refresh', 'stable'] as const) this.clearTimer(name);
+  }
+
+  private clearTimers(): void {
+    for (const name of [...this.timers.keys()]) this.clearTimer(name);
+  }
+}
+
+function makeStorage(storage: HubClientOptions['storage'], key: string): OffsetStorage {
+  if (storage === undefined || storage === 'memory') return new MemoryStorage();
+  if (storage === 'session') {
+    const ss = (globalThis as { sessionStorage?: Storage }).sessionStorage;
+    return ss ? new WebStorage(ss, key) : new MemoryStorage();
+  }
+  return storage;
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,33 @@
+export { HubClient, HubClientError } from './client.js';
+export type {
+  ConnectionState,
+  DisconnectEvent,
+  GapEvent,
+  HubClientEvents,
+  HubClientOptions,
+  HubErrorKind,
+  HubNotification,
+  StateChange,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './client.js';
+export { CLIENT_NO_PING, CloseCode, closeCodeName, reconnectPolicy } from './codes.js';
+export type { CloseCodeName, CloseCodeValue, ReconnectPolicy } from './codes.js';
+export { SUBPROTOCOLS, jsonCodec, msgpackCodec } from './codec.js';
+export type { Codec, Protocol } from './codec.js';
+export { fullJitterDelay } from './backoff.js';
+export { compareOffsets, MemoryStorage, WebStorage } from './offsets.js';
+export type { OffsetStorage, StoredOffsets } from './offsets.js';
+export { decodeClaims } from './jwt.js';
+export type { TokenClaims } from './jwt.js';
+export type {
+  ClientFrame,
+  ConnectedFrame,
+  ConnectFrame,
+  ErrorFrame,
+  NotificationFrame,
+  PingFrame,
+  PongFrame,
+  RefreshFrame,
+  ServerFrame,
+} from './frames.js';
