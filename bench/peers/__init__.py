@@ -1,0 +1,1 @@
+"""Peer servers started by the suite: the minimal relay and python-socketio."""

@@ -1,0 +1,128 @@
+"""RabbitMQ and Redis housekeeping: per-target vhosts and db numbers, plugin, limits.
+
+Both services are shared with other people's tests, so the suite never touches
+anything but its own ``bench-*`` vhosts and its own Redis db numbers, and only
+restarts RabbitMQ (to raise its file-descriptor limit) when explicitly asked.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+
+from bench.procstat import find_pids
+
+AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672/"
+REDIS_BASE = "redis://127.0.0.1:6379/"
+
+
+def _ctl(*args: str, timeout: float = 60) -> str:
+    out = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: exit {out.returncode}: {out.stderr}")
+    return out.stdout
+
+
+def create_vhost(name: str) -> str:
+    """(Re)create vhost ``name`` with full rights for guest; return its AMQP URL."""
+    delete_vhost(name)
+    _ctl("add_vhost", name)
+    _ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    return AMQP_BASE + name
+
+
+def delete_vhost(name: str) -> None:
+    """Delete vhost ``name`` if it exists (and everything in it)."""
+    if name in _ctl("list_vhosts", "--quiet", "name").split():
+        _ctl("delete_vhost", name)
+
+
+def flush_redis_db(db: int) -> None:
+    """Empty Redis database ``db`` (only that one)."""
+    subprocess.run(["redis-cli", "-n", str(db), "FLUSHDB"], capture_output=True, check=True, timeout=30)
+
+
+def redis_used_memory() -> int:
+    """Redis ``used_memory`` in bytes (whole server)."""
+    out = subprocess.run(["redis-cli", "INFO", "memory"], capture_output=True, text=True, check=True, timeout=30).stdout
+    match = re.search(r"^used_memory:(\d+)", out, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def rabbit_pids() -> list[int]:
+    """Pids of RabbitMQ's Erlang VM."""
+    return find_pids("beam.smp")
+
+
+def redis_pids() -> list[int]:
+    """Pids of redis-server."""
+    return find_pids("redis-server")
+
+
+def rabbit_fd_limit() -> int:
+    """RabbitMQ's socket limit as ``rabbitmqctl status`` reports it (0 if unknown)."""
+    out = _ctl("status")
+    match = re.search(r"Sockets: \d+, limit: (\d+)", out)
+    return int(match.group(1)) if match else 0
+
+
+def ensure_web_stomp() -> None:
+    """Enable rabbitmq_web_stomp (online) and wait until port 15674 listens."""
+    enabled = subprocess.run(
+        ["rabbitmq-plugins", "list", "-e", "-m"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout.split()
+    if "rabbitmq_web_stomp" not in enabled:
+        subprocess.run(
+            ["rabbitmq-plugins", "enable", "rabbitmq_web_stomp"], capture_output=True, timeout=120, check=True
+        )
+    wait_port(15674, 30)
+
+
+def restart_rabbit_with_nofile(nofile: int) -> None:
+    """Restart RabbitMQ with ``ulimit -n nofile``. Only for the full run; leaves it running."""
+    subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120, check=False)
+    for _ in range(60):
+        if not rabbit_pids():
+            break
+        time.sleep(1)
+    subprocess.run(["bash", "-c", f"ulimit -n {nofile} && rabbitmq-server -detached"], timeout=60, check=True)
+    subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "120"], capture_output=True, timeout=150, check=True)
+    wait_port(5672, 60)
+
+
+def wait_port(port: int, timeout: float, host: str = "127.0.0.1") -> None:
+    """Return once ``host:port`` accepts a TCP connection; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), 1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{host}:{port} not listening after {timeout:.0f} s") from None
+            time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def declare_exchange(amqp_url: str, name: str = "notifications") -> None:
+    """Declare the durable topic exchange publishers use (subscribers may bind first)."""
+    import asyncio
+
+    import aio_pika
+
+    async def declare() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+    asyncio.run(declare())
