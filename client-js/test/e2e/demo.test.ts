@@ -1,0 +1,51 @@
+// The demo page as the hub serves it at /demo/ (embedded backend: demo mode is on by default).
+// E2E_SCREENSHOT=<path> also saves a screenshot of the page with a few notifications.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Browser } from 'playwright-core';
+import { launchBrowser, preflight, startHub } from './harness.js';
+import type { HubProcess } from './harness.js';
+
+const skip = preflight();
+
+describe('demo page served by the hub at /demo/', { skip }, () => {
+  let browser: Browser;
+  let hub: HubProcess;
+
+  before(async () => {
+    [browser, hub] = await Promise.all([launchBrowser(), startHub()]);
+  });
+
+  after(async () => {
+    await browser?.close();
+    await hub?.stop('SIGTERM');
+  });
+
+  it('connects, publishes, shows notifications with their latency and the presence', async () => {
+    const page = await browser.newPage({ viewport: { width: 1200, height: 820 } });
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    const res = await page.goto(`${hub.http}/demo/?user=42&connect=1`);
+    assert.equal(res?.status(), 200, 'the hub serves the demo page');
+    await page.waitForSelector('#state[data-state="connected"]', { timeout: 15_000 });
+    const messages = ['Order #1042 has shipped', 'New comment on your post', 'Your report is ready'];
+    for (const [i, text] of messages.entries()) {
+      await page.fill('#message', text);
+      await page.click('#publish');
+      await page.waitForFunction((n) => document.querySelectorAll('#feed li').length >= n, i + 1, { timeout: 10_000 });
+    }
+    const texts = await page.$$eval('#feed li .text', (els) => els.map((e) => e.textContent));
+    assert.deepEqual(texts, [...messages].reverse(), 'newest first');
+    const latency = await page.textContent('#feed li .latency');
+    assert.match(latency ?? '', /^\d+ ms$/);
+    await page.waitForFunction(() => /online · 1 connection$/.test(document.getElementById('presence')!.textContent ?? ''), undefined, { timeout: 10_000 });
+    assert.equal(await page.textContent('#count'), '3');
+    assert.deepEqual(errors, []);
+    const shot = process.env['E2E_SCREENSHOT'];
+    if (shot) {
+      // Let the arrival highlight fade so the picture shows the resting state.
+      await page.waitForFunction(() => document.getAnimations().every((a) => a.playState !== 'running'), undefined, { timeout: 5000 });
+      await page.screenshot({ path: shot, fullPage: true });
+    }
+  });
+});
