@@ -1,4 +1,5 @@
-export { HubClient, HubClientError } from './client.js';
+export { HubClient } from './client.js';
+export { HubClientError } from './types.js';
 export type {
   ConnectionState,
   DisconnectEvent,
@@ -10,7 +11,7 @@ export type {
   StateChange,
   WebSocketConstructor,
   WebSocketLike,
-} from './client.js';
+} from './types.js';
 export { CLIENT_NO_PING, CloseCode, closeCodeName, reconnectPolicy } from './codes.js';
 export type { CloseCodeName, CloseCodeValue, ReconnectPolicy } from './codes.js';
 export { SUBPROTOCOLS, jsonCodec, msgpackCodec } from './codec.js';

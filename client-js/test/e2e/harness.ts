@@ -56,7 +56,10 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Polls `check` until it returns a truthy value or the deadline passes. */
+/** Thrown from an `until` check to stop waiting at once (e.g. the process died). */
+export class GiveUp extends Error {}
+
+/** Polls `check` until it returns a truthy value or the deadline passes; a GiveUp ends it at once. */
 export async function until<T>(what: string, check: () => Promise<T> | T, timeoutMs = 15_000, everyMs = 50): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
@@ -65,6 +68,7 @@ export async function until<T>(what: string, check: () => Promise<T> | T, timeou
       const v = await check();
       if (v) return v as NonNullable<T>;
     } catch (err) {
+      if (err instanceof GiveUp) throw err;
       last = err;
     }
     if (Date.now() > deadline) {
@@ -147,7 +151,7 @@ export async function startHub(extraEnv: Record<string, string> = {}, port?: num
     await until(
       `hub on port ${p} to be ready`,
       async () => {
-        if (exited !== undefined) throw new Error(`hub exited with ${exited}:\n${logs.slice(-20).join('\n')}`);
+        if (exited !== undefined) throw new GiveUp(`hub exited with ${exited} before it was ready`);
         const res = await fetch(`http://127.0.0.1:${p}/readyz`);
         return res.status === 200;
       },

@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it, mock } from 'node:test';
-import { HubClient, HubClientError } from '../../src/client.js';
-import type { HubClientOptions, HubNotification } from '../../src/client.js';
+import { HubClient } from '../../src/client.js';
+import type { HubClientError, HubClientOptions, HubNotification, WebSocketConstructor } from '../../src/types.js';
+
+// Compile-time check: the browser's WebSocket is a valid `WebSocket` option as it is.
+export const browserWebSocketFits = (ws: typeof WebSocket): WebSocketConstructor => ws;
 import { FakeSocket, fakeJwt, flush, notification } from './fake-ws.js';
 
 const T0 = 1_700_000_000_000;

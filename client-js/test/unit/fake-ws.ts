@@ -1,6 +1,6 @@
 // A fake WebSocket (and the hub behind it) for unit tests: the test plays the server.
 import { decode as mpDecode, encode as mpEncode } from '@msgpack/msgpack';
-import type { WebSocketLike } from '../../src/client.js';
+import type { WebSocketLike } from '../../src/types.js';
 
 export class FakeSocket implements WebSocketLike {
   static instances: FakeSocket[] = [];
