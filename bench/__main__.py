@@ -47,7 +47,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _run_target(name: str, profile: Any, chosen: list[str], fd_limit: int) -> dict[str, Any]:
     target = TARGETS[name]
-    out: dict[str, Any] = {"label": target.label, "idle": [], "errors": []}
+    out: dict[str, Any] = {
+        "label": target.label,
+        "services": list(target.services),
+        "idle": [],
+        "errors": [],
+    }
     why = target.available()
     if why:
         out["errors"].append(f"skipped: {why}")

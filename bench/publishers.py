@@ -89,6 +89,14 @@ class HttpSender:
         return sender
 
     async def send(self, user: str, payload: dict[str, Any]) -> None:
+        try:
+            await self._post(user, payload)
+        except (ConnectionError, EOFError):
+            # The server closed an idle keep-alive connection (uvicorn: after 5 s);
+            # the request never reached it, so sending it again can't duplicate it.
+            await self._post(user, payload)
+
+    async def _post(self, user: str, payload: dict[str, Any]) -> None:
         body = json.dumps({"user": user, "data": payload}).encode()
         head = (
             f"POST /api/publish HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
@@ -99,6 +107,8 @@ class HttpSender:
         try:
             writer.write(head + body)
             status = await reader.readline()
+            if not status:
+                raise ConnectionResetError("publish: connection closed before the response")
             length = 0
             while True:
                 line = await reader.readline()
@@ -111,10 +121,12 @@ class HttpSender:
                 await reader.readexactly(length)
         except BaseException:
             writer.close()
-            reader, writer = await asyncio.open_connection(self._host, self._port)
+            try:
+                reader, writer = await asyncio.open_connection(self._host, self._port)
+            finally:
+                self._free.put_nowait((reader, writer))
             raise
-        finally:
-            self._free.put_nowait((reader, writer))
+        self._free.put_nowait((reader, writer))
         if not status.startswith(b"HTTP/1.1 2"):
             raise RuntimeError(f"publish: expected 2xx, got {status!r}")
 
@@ -134,7 +146,12 @@ class SocketIOSender:
     async def open(cls, spec: PublishSpec) -> SocketIOSender:
         import socketio  # type: ignore[import-untyped]
 
-        return cls(socketio.AsyncAioPikaManager(spec.url, write_only=True))
+        manager = socketio.AsyncAioPikaManager(spec.url, write_only=True)
+        # Its lazy connect publishes through a half-initialised exchange when the first
+        # emits are concurrent ("Cannot publish to rabbitmq... giving up", message
+        # dropped without an error): connect once, alone, before the load starts.
+        await manager.emit("warmup", {}, room="bench-warmup", namespace="/")
+        return cls(manager)
 
     async def send(self, user: str, payload: dict[str, Any]) -> None:
         await self._manager.emit("n", payload, room=user, namespace="/")

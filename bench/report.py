@@ -89,18 +89,19 @@ def _largest_idle(t: dict[str, Any]) -> dict[str, Any]:
 
 
 def per_socket_kb(t: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(KB per idle socket in the target process, KB in target + RabbitMQ + Redis)."""
+    """(KB per idle socket in the target process, KB there plus in the services it uses)."""
     idle = _largest_idle(t)
     if not idle:
         return None, None
     kb = idle["kb_per_socket"]
-    return kb["target"], kb["target"] + kb["rabbitmq"] + kb["redis"]
+    used = t.get("services", ("rabbitmq", "redis"))
+    return kb["target"], kb["target"] + sum(kb[k] for k in used)
 
 
 def summary_table(res: Results) -> list[str]:
     rows = [
         "| target | saturation /s (p99 ≤ 50 ms, no loss) | p50 / p99 ms @ first rate "
-        "| CPU µs per notification (target+RabbitMQ+Redis) | KB per idle socket: target "
+        "| CPU µs per notification (target + services) | KB per idle socket: target "
         "/ total | connects/s | storm: sockets, back in s, receiving in s |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -311,7 +312,8 @@ def plots(res: Results, out: Path, stem: str) -> list[str]:
         if idle:
             labels.append(f"{t['label']}\n({idle['sockets']} sockets)")
             for k in parts:
-                parts[k].append(max(0.0, idle["kb_per_socket"][k]))
+                used = k == "target" or k in t.get("services", (k,))
+                parts[k].append(max(0.0, idle["kb_per_socket"][k]) if used else 0.0)
     if labels:
         fig, ax = plt.subplots(figsize=(10, 4.5))
         bottom = [0.0] * len(labels)

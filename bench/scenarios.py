@@ -41,7 +41,7 @@ class Step:
     latency_ms: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
-    cpu_us_per_delivery: float = math.nan  # target + RabbitMQ + Redis
+    cpu_us_per_delivery: float = math.nan  # target + the shared services it uses
     generator_core_max: float = 0.0  # busiest generator process, share of one core
     errors: list[str] = field(default_factory=list)
 
@@ -157,7 +157,7 @@ class Harness:
         result.errors = [e for p in pubs for e in p["errors"]][:5]
         usage = sampler.usage
         result.cpu_s = {k: round(u.cpu_s, 3) for k, u in usage.items()}
-        server = usage["target"].cpu_s + usage["rabbitmq"].cpu_s + usage["redis"].cpu_s
+        server = usage["target"].cpu_s + sum(usage[k].cpu_s for k in self.live.target.services)
         if result.delivered:
             result.cpu_us_per_delivery = server / result.delivered * 1e6
         procs = len(self.receivers) + len(self.publishers)
@@ -241,8 +241,10 @@ def latency(target: Target, profile: Profile) -> dict[str, Any]:
                     step.latency_ms.get("p99", math.inf) > 1000 or step.achieved < 0.8 * rate or step.lost > 0
                 ):
                     break  # deeper overload only measures the backlog
-            lo = max((s.rate for s in steps if s.passes(profile.p99_limit_ms)), default=0.0)
-            hi = min((s.rate for s in steps if s.rate > lo), default=math.inf)
+            # The saturation point is the highest rate below the first failing one: a
+            # lucky pass above a failure (noise from other load on the box) doesn't count.
+            hi = min((s.rate for s in steps if not s.passes(profile.p99_limit_ms)), default=math.inf)
+            lo = max((s.rate for s in steps if s.rate < hi), default=0.0)
             for _ in range(profile.refine if hi < math.inf else 0):
                 mid = round((lo + hi) / 2 / 50) * 50
                 if mid in (lo, hi):

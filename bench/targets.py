@@ -41,7 +41,7 @@ class Target:
     redis_db: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     server: tuple[str, ...] = ()  # argv; {port} {amqp} {redis} are substituted
-    ws_path: str = "/"
+    services: tuple[str, ...] = ("rabbitmq",)  # shared services it loads (CPU, memory totals)
 
     def available(self) -> str | None:
         """None if this target can run here, else why not."""
@@ -155,7 +155,13 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 _HUB = ("{hub}", "serve", "--host", "127.0.0.1", "--port", "{port}")
-_HUB_ENV = {"HUB_JWT_SECRET": JWT_SECRET, "HUB_API_KEY": API_KEY, "HUB_DRAIN_SECONDS": "1"}
+_HUB_ENV = {
+    "HUB_JWT_SECRET": JWT_SECRET,
+    "HUB_API_KEY": API_KEY,
+    "HUB_DRAIN_SECONDS": "1",
+    # fan-out puts every subscriber on one user id
+    "HUB_MAX_CONNECTIONS_PER_USER": "100000",
+}
 _DIST_ENV = {**_HUB_ENV, "HUB_AMQP_URL": "{amqp}", "HUB_REDIS_URL": "{redis}"}
 
 TARGETS: dict[str, Target] = {
@@ -176,8 +182,17 @@ TARGETS: dict[str, Target] = {
             server=("{py}", "-m", "bench.peers.sio_server", "--port", "{port}", "--amqp", "{amqp}"),
         ),
         Target("stomp", "RabbitMQ Web-STOMP", "stomp", "amqp"),
-        Target("hub", "hub (embedded)", "hub", "http", vhost=False, server=_HUB, env=_HUB_ENV),
-        Target("hub-dist", "hub (distributed, history on)", "hub", "amqp", redis_db=10, server=_HUB, env=_DIST_ENV),
+        Target("hub", "hub (embedded)", "hub", "http", vhost=False, server=_HUB, env=_HUB_ENV, services=()),
+        Target(
+            "hub-dist",
+            "hub (distributed, history on)",
+            "hub",
+            "amqp",
+            redis_db=10,
+            services=("rabbitmq", "redis"),
+            server=_HUB,
+            env=_DIST_ENV,
+        ),
         Target(
             "hub-dist-nohist",
             "hub (distributed, history off)",
