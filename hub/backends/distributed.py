@@ -1,0 +1,151 @@
+"""The distributed backend: RabbitMQ carries, Redis remembers (DESIGN.md §1, §4-§6).
+
+Wires one robust AMQP connection (topology, live broker, sequencer, presence events)
+and one Redis client (history, presence). With ``HUB_HISTORY_SIZE=0`` there is no
+history and no sequencer: sockets bind on the publishers' exchange directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aio_pika
+import redis.asyncio as aioredis
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+from hub.backends.base import Presence
+from hub.backends.rabbitmq import LiveBroker, declare_topology
+from hub.backends.redis_history import RedisHistory
+from hub.backends.redis_presence import RedisPresence
+from hub.backends.sequencer import Sequencer
+from hub.settings import Settings
+
+log = logging.getLogger("hub.distributed")
+
+CHECK_TIMEOUT = 2.0
+
+
+class DistributedBackend:
+    """RabbitMQ + Redis; chosen when HUB_AMQP_URL and HUB_REDIS_URL are both set.
+
+    ``start`` raises when either service is unreachable; afterwards, outages are ridden
+    out (aio-pika reconnects, the sequencer retries Redis) and reported by ``check``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
+        assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
+        self._settings = settings
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+        self._history = (
+            RedisHistory(
+                self._redis, prefix=settings.redis_prefix, size=settings.history_size, ttl=settings.history_ttl
+            )
+            if settings.history_enabled
+            else None
+        )
+        self._presence = RedisPresence(
+            self._redis,
+            prefix=settings.redis_prefix,
+            replica=settings.replica_id,
+            ttl=settings.presence_ttl,
+            on_transition=self._presence_event,
+        )
+        self._connection: AbstractRobustConnection | None = None
+        self._broker: LiveBroker | None = None
+        self._sequencer: Sequencer | None = None
+        self._presence_exchange: AbstractExchange | None = None
+
+    @property
+    def name(self) -> str:
+        return "distributed"
+
+    @property
+    def broker(self) -> LiveBroker:
+        assert self._broker is not None, "expected start() before use"
+        return self._broker
+
+    @property
+    def history(self) -> RedisHistory | None:
+        return self._history
+
+    @property
+    def presence(self) -> Presence:
+        return self._presence
+
+    @property
+    def sequencer(self) -> Sequencer | None:
+        """This replica's sequencer (None when history is off); it may be a standby consumer."""
+        return self._sequencer
+
+    @property
+    def connection(self) -> AbstractRobustConnection | None:
+        return self._connection
+
+    async def start(self) -> None:
+        settings = self._settings
+        assert settings.amqp_url is not None
+        await self._redis.ping()
+        self._connection = connection = await aio_pika.connect_robust(
+            settings.amqp_url, client_properties={"connection_name": f"hub {settings.replica_id}"}
+        )
+        channel = await connection.channel()
+        await declare_topology(channel, settings)
+        self._presence_exchange = await channel.get_exchange(settings.presence_exchange, ensure=False)
+        self._broker = LiveBroker(connection, settings)
+        await self._broker.start()
+        if self._history is not None:
+            self._sequencer = Sequencer(connection, self._history, settings)
+            await self._sequencer.start()
+        await self._presence.start()
+
+    async def close(self) -> None:
+        if self._sequencer is not None:
+            await self._sequencer.close()
+            self._sequencer = None
+        with contextlib.suppress(Exception):
+            await self._presence.close()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+        await self._redis.aclose()
+
+    async def check(self) -> dict[str, str | None]:
+        result: dict[str, str | None] = {}
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            result["rabbitmq"] = "not connected to RabbitMQ (reconnecting)"
+        else:
+            result["rabbitmq"] = None
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                await self._redis.ping()
+            result["redis"] = None
+        except Exception as exc:
+            result["redis"] = f"Redis did not answer PING: {exc!r}"
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the live path and the sequencer (for metrics and tests)."""
+        stats: dict[str, Any] = {}
+        if self._broker is not None:
+            stats.update(overflows=self._broker.overflows, dropped=self._broker.dropped)
+        if self._sequencer is not None:
+            s = self._sequencer.stats
+            stats.update(sequenced=s.sequenced, duplicates=s.duplicates, dead_letters=dict(s.dead_letters))
+        return stats
+
+    async def _presence_event(self, user: str, online: bool) -> None:
+        """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (DESIGN.md §6)."""
+        exchange = self._presence_exchange
+        if exchange is None:
+            return
+        kind = "online" if online else "offline"
+        body = f'{{"user":"{user}","online":{"true" if online else "false"}}}'.encode()
+        message = aio_pika.Message(
+            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        )
+        await exchange.publish(message, routing_key=f"presence.{kind}.{user}")
