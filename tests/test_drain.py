@@ -1,0 +1,108 @@
+"""Graceful drain of a real ``hub serve`` process on SIGTERM (DESIGN.md §7).
+
+Readiness false at once, new sockets refused, open sockets closed with 1012 spread
+over HUB_DRAIN_SECONDS, presence removed, exit status 0. Embedded backend always;
+distributed too when RabbitMQ and Redis are there (CI=true: they must be).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.test_compose import load_cluster
+
+cluster = load_cluster()
+DRAIN = 2.0
+SOCKETS = 5
+SECRET = "drain-test-secret-that-is-long-enough"
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(params=["memory", "distributed"])
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    base = {"HUB_DRAIN_SECONDS": str(DRAIN), "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": "drain-key"}
+    if request.param == "memory":
+        yield base
+        return
+    try:
+        async with cluster.distributed_env() as dist:
+            yield {**base, **dist}
+    except cluster.ClusterError as exc:
+        _missing(str(exc))
+
+
+async def test_sigterm_drains(env: dict[str, str]) -> None:
+    secret, key = env["HUB_JWT_SECRET"], env["HUB_API_KEY"]
+    with tempfile.TemporaryDirectory() as tmp:
+        replica = cluster.Replica("drain1", cluster.free_port(), {**os.environ, **env}, Path(tmp) / "hub.log")
+        await replica.start()
+        clients = []
+        try:
+            await replica.wait_ready()
+            ws_url = f"ws://127.0.0.1:{replica.port}/ws"
+            clients = [cluster.Client(ws_url, f"u{i % 3}", secret, max_reconnects=0) for i in range(SOCKETS)]
+            for client in clients:
+                client.start()
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(c.connected.wait() for c in clients))
+            headers = {"Authorization": f"Bearer {key}"}
+            async with httpx.AsyncClient(base_url=replica.url, headers=headers, timeout=2) as http:
+                before = (await http.get("/api/presence", params={"user": "u0,u1,u2"})).json()["users"]
+                assert sum(u["connections"] for u in before.values()) == SOCKETS
+
+                replica.signal(signal.SIGTERM)
+                sent = time.monotonic()
+                ready = await http.get("/readyz")
+                readyz_after = time.monotonic() - sent
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["checks"]["draining"]
+                with pytest.raises(InvalidStatus) as refused:
+                    await connect(ws_url, open_timeout=2)
+                assert refused.value.response.status_code == 403
+
+                status = await replica.wait_exit(DRAIN + 15)
+            exited = time.monotonic() - sent
+            assert status == 0, replica.tail()
+            codes = [code for c in clients for _, code in c.closes]
+            assert codes == [1012] * SOCKETS, codes
+            times = sorted(t - sent for c in clients for t, _ in c.closes)
+            spread = times[-1] - times[0]
+            # Evenly spread: SOCKETS closes at 0, D/n, …, (n-1)·D/n.
+            assert spread >= DRAIN * (SOCKETS - 1) / SOCKETS * 0.7, times
+            assert times[-1] <= DRAIN + 1.0, times
+            closes = [round(t, 2) for t in times]
+            print(f"\ndrain: readyz 503 after {readyz_after:.3f} s; closes at {closes}; exit 0 after {exited:.2f} s")
+            if "HUB_REDIS_URL" in env:
+                import redis.asyncio as aioredis
+
+                from hub.backends.redis_presence import count_users, presence_keys
+
+                client = aioredis.Redis.from_url(env["HUB_REDIS_URL"])
+                try:
+                    prefix = env["HUB_REDIS_PREFIX"]
+                    assert await count_users(client, prefix, ["u0", "u1", "u2"]) == {"u0": 0, "u1": 0, "u2": 0}
+                    base, replicas = presence_keys(prefix)
+                    assert await client.zscore(replicas, "drain1") is None
+                    assert await client.exists(base + "r:drain1") == 0
+                finally:
+                    await client.aclose()
+        finally:
+            for client in clients:
+                await client.stop()
+            await replica.kill()
