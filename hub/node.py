@@ -82,9 +82,15 @@ class Node:
         await self._wait_sessions_gone(5.0)
 
     def register(self, session: Session) -> None:
-        """Count an open session (it will be closed by ``drain`` and ``close``)."""
+        """Count an open session (it will be closed by ``drain`` and ``close``).
+
+        A session that finished its handshake after the drain started (it was
+        authenticating when ``drain`` took its snapshot) is asked to close at once.
+        """
         self.sessions.add(session)
         self._no_sessions.clear()
+        if self.draining:
+            session.close(CloseCode.SERVICE_RESTART, "replica restarting: reconnect elsewhere")
 
     def unregister(self, session: Session) -> None:
         """Forget a closed session; idempotent."""
