@@ -26,6 +26,8 @@ from hub.settings import Settings
 log = logging.getLogger("hub.distributed")
 
 CHECK_TIMEOUT = 2.0
+#: Seconds between aio-pika's reconnection attempts (its default, 5 s, is a long outage).
+RECONNECT_INTERVAL = 1.0
 
 
 class DistributedBackend:
@@ -90,7 +92,9 @@ class DistributedBackend:
         assert settings.amqp_url is not None
         await self._redis.ping()
         self._connection = connection = await aio_pika.connect_robust(
-            settings.amqp_url, client_properties={"connection_name": f"hub {settings.replica_id}"}
+            settings.amqp_url,
+            reconnect_interval=RECONNECT_INTERVAL,
+            client_properties={"connection_name": f"hub {settings.replica_id}"},
         )
         channel = await connection.channel()
         await declare_topology(channel, settings)

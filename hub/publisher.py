@@ -1,0 +1,179 @@
+"""Publishing from Python services over AMQP (DESIGN.md §4).
+
+``Publisher`` is the async helper: one robust connection, publisher confirms, persistent
+messages, a message id on every message (so a retried publish is de-duplicated by the
+sequencer). ``BlockingPublisher`` is its twin for sync code (Django, Flask, scripts): it
+runs a ``Publisher`` on an event loop in a background thread.
+
+    async with Publisher("amqp://guest:guest@localhost/") as pub:
+        await pub.publish("42", {"text": "hello"})
+
+    with BlockingPublisher("amqp://guest:guest@localhost/") as pub:
+        pub.publish("42", {"text": "hello"})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+from hub.backends.amqp_codec import dumps
+from hub.notification import new_id, now_ms
+from hub.topics import InvalidTopic, user_topic, validate_topic
+
+T = TypeVar("T")
+MAX_ID_LENGTH = 128
+
+
+class Publisher:
+    """Confirmed, persistent publishing to the hub's exchange; use as ``async with``.
+
+    Every ``publish*`` returns once RabbitMQ confirmed the message (it is then durable in
+    ``hub.ingest``), or raises (``InvalidTopic`` for a bad user id or topic, an aio-pika
+    error when the broker refused or the connection is down).
+    """
+
+    def __init__(self, url: str, *, exchange: str = "notifications", persistent: bool = True) -> None:
+        self._url = url
+        self._exchange_name = exchange
+        self._delivery_mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def connect(self) -> None:
+        """Open the connection and a confirming channel; the exchange must exist (the hub declares it)."""
+        if self._connection is not None:
+            return
+        self._connection = await aio_pika.connect_robust(self._url)
+        channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await channel.get_exchange(self._exchange_name)
+
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+        connection, self._connection, self._exchange = self._connection, None, None
+        if connection is not None:
+            await connection.close()
+
+    async def __aenter__(self) -> Publisher:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def publish(self, user: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
+        """Publish ``data`` (any JSON value) to ``user.<user>``; return the notification id."""
+        return await self.publish_topic(user_topic(user), data, message_id=message_id, ttl=ttl)
+
+    async def publish_topic(
+        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+    ) -> str:
+        """Publish to any topic (e.g. ``broadcast``); return the notification id."""
+        message, id = _message(validate_topic(topic), data, message_id, ttl, self._delivery_mode)
+        await self._ready().publish(message, routing_key=topic)
+        return id
+
+    async def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Publish ``{"user"|"topic", "data", "id"?, "ttl"?}`` items, confirms awaited together.
+
+        Every item is validated before anything is sent; returns the ids in order.
+        """
+        prepared = []
+        for item in items:
+            if ("user" in item) == ("topic" in item):
+                raise InvalidTopic(f"expected exactly one of 'user' or 'topic' in {dict(item)!r:.80}")
+            topic = user_topic(item["user"]) if "user" in item else validate_topic(item["topic"])
+            prepared.append(
+                (topic, *_message(topic, item.get("data"), item.get("id"), item.get("ttl"), self._delivery_mode))
+            )
+        exchange = self._ready()
+        await asyncio.gather(*(exchange.publish(message, routing_key=topic) for topic, message, _ in prepared))
+        return [id for _, _, id in prepared]
+
+    def _ready(self) -> AbstractExchange:
+        if self._exchange is None:
+            raise RuntimeError("expected 'await publisher.connect()' (or 'async with') before publishing")
+        return self._exchange
+
+
+def _message(
+    topic: str, data: Any, message_id: str | None, ttl: float | None, mode: aio_pika.DeliveryMode
+) -> tuple[aio_pika.Message, str]:
+    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_ID_LENGTH):
+        raise ValueError(f"expected a message id of 1 to {MAX_ID_LENGTH} characters, got {message_id!r:.80}")
+    if ttl is not None and ttl <= 0:
+        raise ValueError(f"expected a positive ttl in seconds, got {ttl!r}")
+    id = message_id or new_id()
+    message = aio_pika.Message(
+        dumps(data).encode(),
+        content_type="application/json",
+        message_id=id,
+        delivery_mode=mode,
+        expiration=ttl,
+        headers={"ts": now_ms()},
+    )
+    return message, id
+
+
+class BlockingPublisher:
+    """``Publisher`` for sync code: calls block until the broker confirmed.
+
+    A daemon thread runs the event loop; the instance is safe to share between threads.
+    Call ``close`` (or use ``with``) to stop the thread and the connection.
+    """
+
+    def __init__(
+        self, url: str, *, exchange: str = "notifications", persistent: bool = True, timeout: float = 30.0
+    ) -> None:
+        self._timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hub-publisher", daemon=True)
+        self._thread.start()
+        self._publisher = Publisher(url, exchange=exchange, persistent=persistent)
+        try:
+            self._call(self._publisher.connect())
+        except BaseException:
+            self._stop()
+            raise
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._timeout)
+
+    def publish(self, user: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
+        """See ``Publisher.publish``."""
+        return self._call(self._publisher.publish(user, data, message_id=message_id, ttl=ttl))
+
+    def publish_topic(self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
+        """See ``Publisher.publish_topic``."""
+        return self._call(self._publisher.publish_topic(topic, data, message_id=message_id, ttl=ttl))
+
+    def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """See ``Publisher.publish_many``."""
+        return self._call(self._publisher.publish_many(list(items)))
+
+    def close(self) -> None:
+        """Close the connection and stop the thread; idempotent."""
+        if self._thread.is_alive():
+            try:
+                self._call(self._publisher.close())
+            finally:
+                self._stop()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(self._timeout)
+        self._loop.close()
+
+    def __enter__(self) -> BlockingPublisher:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""Raw AMQP publishers (any language) against a real hub on the distributed backend."""
+
+from __future__ import annotations
+
+import aio_pika
+import msgpack
+import pytest
+
+from tests.distributed_env import environment
+from tests.harness import run_hub, wait_for
+
+pytestmark = pytest.mark.distributed
+
+
+async def test_bodies_ids_and_dead_letters() -> None:
+    async with environment() as env, run_hub("distributed", env=env) as hub:
+        client = await hub.connect("u1")
+        connection = await aio_pika.connect(env["HUB_AMQP_URL"])
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(env["HUB_EXCHANGE"])
+
+            async def send(body: bytes, key: str = "user.u1", **props: object) -> None:
+                await exchange.publish(aio_pika.Message(body, **props), routing_key=key)  # type: ignore[arg-type]
+
+            await send(b'{"n": 1}', content_type="application/json")
+            await send(msgpack.packb({"n": 2}), content_type="application/msgpack")
+            await send(b'{"n": 3}')  # php-amqplib's json_encode with no content type
+            await send(b"plain words")  # not JSON: relayed as a string
+            await send(b"42", content_type="text/plain")
+            await send(b'"once"', message_id="dup-1")
+            await send(b'"once again?"', message_id="dup-1")  # same id: not appended, not sent twice
+            await send(b'"x"', key="user.a*b")  # not a valid topic
+            await send(b"\xc1\xff", content_type="application/msgpack")  # unreadable msgpack
+            await send(b"\xff\xfe", content_type="application/json")  # not UTF-8
+            await send(b'{"n": "end"}')
+            got = await client.notifications(7)
+            assert [n["data"] for n in got] == [{"n": 1}, {"n": 2}, {"n": 3}, "plain words", "42", "once", {"n": "end"}]
+            assert got[5]["id"] == "dup-1"
+            offsets = [tuple(map(int, n["offset"].split("-"))) for n in got]
+            assert offsets == sorted(offsets)
+            assert len(set(offsets)) == 7
+            await client.expect_silence(0.3)
+
+            dead = await channel.declare_queue(env["HUB_DEAD_LETTER"], passive=True)
+            reasons = []
+            for _ in range(3):
+                message = await wait_for(lambda: dead.get(fail=False), what="a dead letter")
+                reasons.append(str(message.headers["x-hub-reason"]))
+                await message.ack()
+            assert "invalid routing key" in reasons[0]
+            assert all("unreadable body" in r for r in reasons[1:])
+        history = hub.node.backend.history
+        assert history is not None
+        read = await history.read({"user.u1": "0-0"})
+        assert len(read["user.u1"].notifications) == 7
+        assert read["user.u1"].complete
+        await client.close()
+
+
+async def test_http_publish_goes_through_amqp() -> None:
+    async with environment() as env, run_hub("distributed", env=env) as hub:
+        client = await hub.connect("u2")
+        answer = await hub.publish("u2", {"via": "http"}, id="h-1")
+        assert answer["id"] == "h-1"
+        assert answer["offset"] is None
+        (frame,) = await client.notifications(1)
+        assert frame["data"] == {"via": "http"}
+        assert frame["offset"]
+        checks = (await hub.http.get("/readyz")).json()["checks"]
+        assert checks["rabbitmq"] is None
+        assert checks["redis"] is None
+        await client.close()
