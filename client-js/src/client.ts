@@ -59,6 +59,7 @@ export class HubClient extends Emitter<HubClientEvents> {
   private sentSince: string[] = [];
   /** Topics whose resume point was lost before the next `connected` (reported as a gap). */
   private gapTopics: string[] = [];
+  private everConnected = false;
   private serverError: ErrorFrame | null = null;
   private pingMs: number | null = null;
   private lastHeard = 0;
@@ -278,6 +279,12 @@ export class HubClient extends Emitter<HubClientEvents> {
     this.setState('connected');
     this.emit('connected', frame);
     const gap = frame.recovered === false ? [...this.sentSince] : [];
+    if (this.everConnected && Array.isArray(frame.topics)) {
+      // A reconnect without a resume point for a topic (history off on the hub: no offsets)
+      // cannot replay what was missed meanwhile: that is a gap too.
+      for (const topic of frame.topics) if (!this.sentSince.includes(topic)) this.gapTopics.push(topic);
+    }
+    this.everConnected = true;
     for (const topic of this.gapTopics) if (!gap.includes(topic)) gap.push(topic);
     this.gapTopics = [];
     if (gap.length > 0) this.emit('gap', { topics: gap, connected: frame });

@@ -228,6 +228,34 @@ describe('against a running hub', () => {
   });
 });
 
+describe('against a hub with history off (HUB_HISTORY_SIZE=0)', () => {
+  let bare: HubProcess;
+
+  before(async () => {
+    bare = await startHub({ HUB_HISTORY_SIZE: '0' });
+  });
+
+  after(async () => {
+    await bare?.stop('SIGTERM');
+  });
+
+  it('delivers frames without offset as they come, and reports a gap after a reconnect', async () => {
+    const user = newUser();
+    const page = await openPage({ user, url: bare.ws });
+    await waitConnected(page);
+    await publishSeries(bare, user, 1, 3);
+    const notes = await waitNotes(page, 3);
+    assert.deepEqual(numbers(notes), [1, 2, 3]);
+    assert.ok(notes.every((n) => n.offset === undefined || n.offset === null), 'no offsets without history');
+    await page.evaluate(() => (window as unknown as { dropSocket(): void }).dropSocket());
+    await waitConnected(page, 2);
+    await page.waitForFunction(() => (window as unknown as { t: { gaps: unknown[] } }).t.gaps.length === 1, undefined, { timeout: 5000 });
+    assert.deepEqual(await recorder<string[][]>(page, 'gaps'), [[`user.${user}`]]);
+    await publishSeries(bare, user, 4, 4);
+    assert.deepEqual(numbers(await waitNotes(page, 4)), [1, 2, 3, 4]);
+  });
+});
+
 // A crash of the hub process: the client reconnects to the restarted hub on the same port.
 describe('across a hub crash and restart', () => {
   let own: HubProcess;

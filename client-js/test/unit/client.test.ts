@@ -191,6 +191,19 @@ describe('HubClient delivery and recovery', () => {
     assert.deepEqual(h.gaps, [['user.42']]);
   });
 
+  it('reports a gap after a reconnect when the hub keeps no history (no offsets to resume from)', async () => {
+    const h = makeClient();
+    const ws = await connected(h, { offsets: {} });
+    ws.push(notification(undefined, { a: 1 }));
+    ws.serverClose(1006);
+    mock.timers.tick(250);
+    await flush();
+    FakeSocket.last.accept();
+    assert.equal(FakeSocket.last.sent[0]!['since'], undefined);
+    FakeSocket.last.push({ type: 'connected', conn_id: 'c2', user: '42', topics: ['user.42'], replica: 'r', ping_interval: 25, recovered: true, offsets: {} });
+    assert.deepEqual(h.gaps, [['user.42']]);
+  });
+
   it('forgets another user\'s offsets when the token is for someone else', async () => {
     let sub = '42';
     const h = makeClient({ getToken: () => fakeJwt({ sub, exp: Math.floor(Date.now() / 1000) + 3600 }) });
