@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
@@ -68,10 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from hub.app import create_app
     from hub.node import Node
+    from hub.server import serve
 
     settings = Settings.from_env(
         host=args.host,
@@ -81,42 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
         history_size=args.history_size,
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    node = Node(settings)
-    config = uvicorn.Config(
-        create_app(node=node),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_size,
-        ws_ping_interval=None,
-        ws_per_message_deflate=False,
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
-    )
-    server = uvicorn.Server(config)
-    asyncio.run(_run_until_signal(server, node))
+    asyncio.run(serve(Node(settings)))
     return 0
-
-
-async def _run_until_signal(server: Any, node: Any) -> None:
-    """Run uvicorn; on SIGTERM or SIGINT drain the sessions first (DESIGN.md §7), then stop."""
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    server.install_signal_handlers = lambda: None  # ours drain first
-    serving = asyncio.create_task(server.serve())
-    waiting = asyncio.create_task(stopping.wait())
-    done, _ = await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    if waiting in done:
-        await node.drain(node.settings.drain_seconds)
-        server.should_exit = True
-        await serving
-    else:
-        waiting.cancel()
-        serving.result()
 
 
 def _payload(text: str) -> Any:
@@ -131,6 +94,17 @@ def _hub_url(args: argparse.Namespace) -> str:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    amqp_url = os.environ.get("HUB_AMQP_URL")
+    if amqp_url and not args.url:  # the AMQP path (DESIGN.md §4): confirmed, like any backend service
+        from hub.publisher import BlockingPublisher
+
+        with BlockingPublisher(amqp_url, exchange=os.environ.get("HUB_EXCHANGE") or "notifications") as publisher:
+            if args.user:
+                id = publisher.publish(args.user, _payload(args.data), message_id=args.id)
+            else:
+                id = publisher.publish_topic(args.topic, _payload(args.data), message_id=args.id)
+        print(json.dumps({"id": id, "offset": None}))
+        return 0
     settings = Settings.from_env()
     body: dict[str, Any] = {"data": _payload(args.data)}
     body["user" if args.user else "topic"] = args.user or args.topic

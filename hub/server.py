@@ -1,0 +1,67 @@
+"""Running a replica: uvicorn configured for the hub, with a drain on SIGTERM (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from hub.app import create_app
+from hub.node import Node
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` drains before it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_server(node: Node) -> uvicorn.Server:
+    """A uvicorn server for ``node``: frames capped at ``max_frame_size`` (1009 above it),
+    no per-message compression (it costs memory per socket and CPU per frame), and no
+    protocol-level pings (the hub pings in protocol v1)."""
+    settings = node.settings
+    config = uvicorn.Config(
+        create_app(node=node),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_size,
+        ws_ping_interval=None,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+    )
+    return _Server(config)
+
+
+async def serve(node: Node) -> None:
+    """Run until SIGTERM or SIGINT, then drain the sessions and stop.
+
+    The drain happens before uvicorn's own shutdown, so sockets are closed with 1012
+    spread over ``HUB_DRAIN_SECONDS`` instead of all at once.
+    """
+    server = build_server(node)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    serving = asyncio.create_task(server.serve())
+    waiting = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if waiting in done:
+        await node.drain(node.settings.drain_seconds)
+        server.should_exit = True
+        await serving
+    else:
+        waiting.cancel()
+        serving.result()
+        if not server.started:
+            raise SystemExit(3)  # uvicorn could not start (port taken, backend unreachable)

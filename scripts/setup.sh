@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what the hub and its tests need on a fresh Debian machine, idempotently:
+# the Python virtualenv with the package, the Debian packages the tests drive
+# (chromium, nginx, docker-compose for validating the compose file), and client-js's
+# npm dependencies. Starts Redis and RabbitMQ when they are not running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# --- Python
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import hub, pytest, ruff" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  log "installing the hub with its dev extras"
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e '.[dev]'
+  touch .venv/.installed
+fi
+
+# --- Debian packages the tests use
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- services
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  log "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+fi
+if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+  log "starting RabbitMQ"
+  rabbitmq-server -detached
+fi
+for _ in $(seq 1 120); do
+  redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && rabbitmq-diagnostics -q ping >/dev/null 2>&1 && break
+  sleep 1
+done
+redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { echo "Redis is not reachable on 127.0.0.1:6379" >&2; exit 1; }
+rabbitmq-diagnostics -q ping >/dev/null 2>&1 || { echo "RabbitMQ is not reachable" >&2; exit 1; }
+
+# --- client-js
+if [ -f client-js/package-lock.json ] && { [ ! -d client-js/node_modules ] || [ client-js/package-lock.json -nt client-js/node_modules/.package-lock.json ]; }; then
+  log "installing client-js dependencies"
+  npm --prefix client-js ci --silent --no-audit --no-fund
+fi
+log "ready"

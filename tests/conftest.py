@@ -1,0 +1,43 @@
+"""Fixtures shared by every test module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.harness import BACKENDS, WITH_HISTORY, RunningHub, run_hub
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def hub(request: pytest.FixtureRequest) -> AsyncIterator[RunningHub]:
+    """A running replica, once per registered backend."""
+    async with run_hub(request.param) as running:
+        yield running
+
+
+@pytest.fixture(params=sorted(WITH_HISTORY))
+async def history_hub(request: pytest.FixtureRequest) -> AsyncIterator[RunningHub]:
+    """A running replica, once per backend that keeps history (recovery tests)."""
+    async with run_hub(request.param) as running:
+        yield running
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Each registered backend's name, for tests that start hubs with their own settings."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def strict_hub(backend_name: str) -> AsyncIterator[RunningHub]:
+    """A replica with small limits, so every limit can be reached quickly."""
+    async with run_hub(
+        backend_name,
+        auth_timeout=0.5,
+        max_frame_rate=10.0,
+        max_connections_per_user=2,
+        max_frame_size=2048,
+    ) as running:
+        yield running
