@@ -39,8 +39,18 @@ class Publisher:
     error when the broker refused or the connection is down).
     """
 
-    def __init__(self, url: str, *, exchange: str = "notifications", persistent: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str = "notifications",
+        persistent: bool = True,
+        redis_url: str | None = None,
+        redis_prefix: str = "hub:",
+    ) -> None:
         self._url = url
+        self._redis_url, self._redis_prefix = redis_url, redis_prefix  # for is_online / online_many
+        self._redis: Any = None
         self._exchange_name = exchange
         self._delivery_mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
         self._connection: AbstractRobustConnection | None = None
@@ -57,8 +67,30 @@ class Publisher:
     async def close(self) -> None:
         """Close the connection; idempotent."""
         connection, self._connection, self._exchange = self._connection, None, None
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            await redis.aclose()
         if connection is not None:
             await connection.close()
+
+    async def online_many(self, users: Iterable[str]) -> dict[str, bool]:
+        """Each user → online on any replica (DESIGN.md §6), read from Redis (``redis_url``).
+
+        Raises InvalidTopic for a bad user id, ValueError when no ``redis_url`` was given.
+        """
+        from hub.presence_client import online_many_async
+
+        if self._redis is None:
+            if self._redis_url is None:
+                raise ValueError("expected Publisher(..., redis_url=HUB_REDIS_URL) for presence queries")
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(self._redis_url)
+        return await online_many_async(self._redis, self._redis_prefix, list(users))
+
+    async def is_online(self, user: str) -> bool:
+        """Whether ``user`` has a live connection on any replica; see ``online_many``."""
+        return (await self.online_many([user]))[user]
 
     async def __aenter__(self) -> Publisher:
         await self.connect()
@@ -131,13 +163,22 @@ class BlockingPublisher:
     """
 
     def __init__(
-        self, url: str, *, exchange: str = "notifications", persistent: bool = True, timeout: float = 30.0
+        self,
+        url: str,
+        *,
+        exchange: str = "notifications",
+        persistent: bool = True,
+        timeout: float = 30.0,
+        redis_url: str | None = None,
+        redis_prefix: str = "hub:",
     ) -> None:
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hub-publisher", daemon=True)
         self._thread.start()
-        self._publisher = Publisher(url, exchange=exchange, persistent=persistent)
+        self._publisher = Publisher(
+            url, exchange=exchange, persistent=persistent, redis_url=redis_url, redis_prefix=redis_prefix
+        )
         try:
             self._call(self._publisher.connect())
         except BaseException:
@@ -158,6 +199,14 @@ class BlockingPublisher:
     def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """See ``Publisher.publish_many``."""
         return self._call(self._publisher.publish_many(list(items)))
+
+    def online_many(self, users: Iterable[str]) -> dict[str, bool]:
+        """See ``Publisher.online_many``."""
+        return self._call(self._publisher.online_many(list(users)))
+
+    def is_online(self, user: str) -> bool:
+        """See ``Publisher.is_online``."""
+        return self._call(self._publisher.is_online(user))
 
     def close(self) -> None:
         """Close the connection and stop the thread; idempotent."""

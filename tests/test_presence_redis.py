@@ -264,3 +264,18 @@ async def test_blocking_client(make: Callable[..., Awaitable[RedisPresence]], pr
     assert counts == {"11": 1, "12": 0}
     assert await asyncio.to_thread(online_many, ["11", "12"], url=REDIS_URL, prefix=prefix) == {"11": True, "12": False}
     assert await asyncio.to_thread(is_online, "12", url=REDIS_URL, prefix=prefix) is False
+
+
+async def test_publisher_presence_queries(make: Callable[..., Awaitable[RedisPresence]], prefix: str) -> None:
+    from hub.publisher import Publisher
+
+    a = await make("a")
+    await a.add(conn("21", "a"))
+    publisher = Publisher("amqp://unused/", redis_url=REDIS_URL, redis_prefix=prefix)  # no AMQP needed for presence
+    try:
+        assert await publisher.online_many(["21", "22"]) == {"21": True, "22": False}
+        assert await publisher.is_online("21") is True
+    finally:
+        await publisher.close()
+    with pytest.raises(ValueError, match="redis_url"):
+        await Publisher("amqp://unused/").is_online("21")
