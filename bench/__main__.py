@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile_detail": vars(profile),
             "machine": report.machine(),
             "rabbitmq_socket_limit": fd_limit,
+            "loadavg_before": os.getloadavg()[0],
         },
         "targets": {},
     }
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         res["targets"][name] = _run_target(name, profile, chosen, fd_limit)
     res["meta"]["duration_s"] = round(time.monotonic() - t0)
+    res["meta"]["loadavg_after"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stamp}.json").write_text(json.dumps(res, indent=1, default=str))
     pngs = report.plots(res, args.out, stem=stamp)

@@ -245,7 +245,10 @@ def markdown(res: Results, plots: list[str]) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['os']}; Python "
         f"{m['python']}; RabbitMQ {m['rabbitmq']}; {m['redis']}. Everything (targets, "
-        "RabbitMQ, Redis, load generator) on this one box, over loopback.",
+        "RabbitMQ, Redis, load generator) on this one box, over loopback. 1-min load "
+        f"average {meta.get('loadavg_before', math.nan):.1f} before and "
+        f"{meta.get('loadavg_after', math.nan):.1f} after the run (well above 0 before "
+        "means other work shared the cores: expect noisy percentiles).",
         "",
         "## Summary",
         "",
