@@ -55,12 +55,18 @@ async def declare_topology(channel: aio_pika.abc.AbstractChannel, settings: Sett
     await channel.declare_exchange(settings.live_exchange, ExchangeType.TOPIC, durable=True)
     await channel.declare_exchange(settings.presence_exchange, ExchangeType.TOPIC, durable=True)
     if settings.history_enabled:
-        ingest = await channel.declare_queue(
-            settings.ingest_queue,
-            durable=True,
-            arguments={"x-single-active-consumer": True, "x-dead-letter-exchange": settings.dead_letter},
-        )
+        ingest = await declare_ingest(channel, settings)
         await ingest.bind(notifications, "#")
+
+
+async def declare_ingest(channel: aio_pika.abc.AbstractChannel, settings: Settings) -> aio_pika.abc.AbstractQueue:
+    """Declare ``hub.ingest``; on a robust channel this also makes the channel restore the queue
+    (and its consumers) after a reconnect, which a queue merely looked up would not get."""
+    return await channel.declare_queue(
+        settings.ingest_queue,
+        durable=True,
+        arguments={"x-single-active-consumer": True, "x-dead-letter-exchange": settings.dead_letter},
+    )
 
 
 class _Slot:

@@ -29,7 +29,7 @@ from pamqp.commands import Basic
 from redis.exceptions import RedisError
 
 from hub.backends.amqp_codec import Unreadable, decode_body, json_frame
-from hub.backends.rabbitmq import REASON_HEADER
+from hub.backends.rabbitmq import REASON_HEADER, declare_ingest
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from hub.notification import new_id, now_ms
 from hub.settings import Settings
@@ -76,7 +76,7 @@ class Sequencer:
         self._live = await self._connection.channel(publisher_confirms=True)
         assert self._channel is not None
         await self._channel.set_qos(prefetch_count=PREFETCH)
-        queue = await self._channel.get_queue(self._settings.ingest_queue, ensure=False)
+        queue = await declare_ingest(self._channel, self._settings)
         await queue.consume(self._on_message)
         self._task = asyncio.create_task(self._run(), name="hub-sequencer")
 

@@ -1,0 +1,221 @@
+"""Faults on the distributed backend, with exact counts: 0 lost, 0 duplicated, in order per topic.
+
+Faults are injected through TCP proxies the test controls (RabbitMQ, Redis) or by
+killing a real ``hub serve`` process; waits are conditions with deadlines, never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from hub.publisher import Publisher
+from tests.distributed_env import environment
+from tests.harness import API_KEY, SECRET, Client, free_port, make_token, run_hub, wait_for
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def _via(url: str, proxy: TcpProxy) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+@contextlib.asynccontextmanager
+async def proxied(url: str) -> AsyncIterator[TcpProxy]:
+    parts = urlsplit(url)
+    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+async def publish_range(env: dict[str, str], user: str, start: int, stop: int, chunk: int = 25) -> None:
+    """Publish data ``start..stop-1`` with ids ``m-<i>`` (confirmed), in chunks."""
+    async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
+        for first in range(start, stop, chunk):
+            items = [{"user": user, "data": i, "id": f"m-{i}"} for i in range(first, min(stop, first + chunk))]
+            await publisher.publish_many(items)
+
+
+def assert_exact(frames: list[dict[str, Any]], expected: range) -> None:
+    data = [f["data"] for f in frames]
+    assert len(data) == len(set(data)), f"duplicates: {len(data) - len(set(data))}"
+    assert sorted(data) == list(expected), f"lost: {sorted(set(expected) - set(data))[:10]}"
+    assert data == list(expected), "out of order"
+    offsets = [tuple(map(int, f["offset"].split("-"))) for f in frames]
+    assert offsets == sorted(offsets)
+
+
+async def test_client_reconnects_with_since() -> None:
+    async with environment() as env, run_hub("distributed", env=env) as hub:
+        client = await hub.connect("r1")
+        publishing = asyncio.create_task(publish_range(env, "r1", 0, 300))
+        frames = await client.notifications(100)
+        await client.close()
+        again = await hub.connect("r1", since={"user.r1": frames[-1]["offset"]})
+        assert again.connected["recovered"] is True
+        await publishing
+        print("PUBLISHED", flush=True)
+        frames += await again.notifications(200)
+        assert_exact(frames, range(300))
+        await again.expect_silence(0.2)
+        await again.close()
+
+
+async def test_amqp_connection_cut_and_restored() -> None:
+    async with (
+        environment() as env,
+        proxied(env["HUB_AMQP_URL"]) as proxy,
+        run_hub("distributed", env={**env, "HUB_AMQP_URL": _via(env["HUB_AMQP_URL"], proxy)}) as hub,
+    ):
+        backend: Any = hub.node.backend
+        client = await hub.connect("c1")
+        await publish_range(env, "c1", 0, 100)
+        frames = await client.notifications(100)
+        accepted = proxy.accepted
+        proxy.cut()
+        print("CUT", flush=True)
+        await wait_for(lambda: hub.node.ready(), what="readiness to notice")  # keeps polling
+        await wait_for(
+            lambda: not backend.connection.connected.is_set(), what="the hub to see its AMQP connection drop"
+        )
+        publishing = asyncio.create_task(publish_range(env, "c1", 100, 200))  # while the hub is cut off
+        proxy.restore()
+        print("RESTORE", flush=True)
+        await wait_for(lambda: proxy.accepted > accepted, what="the hub to reconnect")
+        await publishing
+        print("PUBLISHED", flush=True)
+        await publish_range(env, "c1", 200, 300)
+        frames += await client.notifications(200, timeout=30)
+        assert_exact(frames, range(300))
+        await client.expect_silence(0.3)
+        # aio-pika#231: after the reconnect, every queue has its consumer again.
+        assert backend.broker.restores >= 1
+        assert (await hub.node.ready())["rabbitmq"] is None
+        await client.close()
+
+
+async def test_redis_unavailable_for_a_while() -> None:
+    async with environment() as env, proxied(env["HUB_REDIS_URL"]) as proxy:
+        redis_url = f"redis://127.0.0.1:{proxy.port}/0"
+        async with run_hub("distributed", env={**env, "HUB_REDIS_URL": redis_url}) as hub:
+            backend: Any = hub.node.backend
+            client = await hub.connect("d1")
+            await publish_range(env, "d1", 0, 50)
+            frames = await client.notifications(50)
+            proxy.cut()
+            print("CUT", flush=True)
+            await publish_range(env, "d1", 50, 150)  # accepted by RabbitMQ while Redis is away
+            await wait_for(lambda: backend.sequencer.stats.redis_retries > 0, what="the sequencer to retry Redis")
+            assert (await hub.node.ready())["redis"] is not None
+            assert backend.sequencer.stats.sequenced == 50  # nothing acked, nothing dropped meanwhile
+            proxy.restore()
+            print("RESTORE", flush=True)
+            frames += await client.notifications(100, timeout=30)
+            assert_exact(frames, range(150))
+            await client.expect_silence(0.3)
+            await client.close()
+
+
+async def test_slow_socket_is_bounded_and_others_are_not_slowed() -> None:
+    async with environment() as env, run_hub("distributed", env=env, socket_queue_size=20, prefetch=4) as hub:
+        backend: Any = hub.node.backend
+        fast = await hub.connect("s1")
+        # max_queue=1: the client stops reading TCP when one frame waits unread.
+        slow_ws = await connect(hub.ws_url, subprotocols=["hub.v1.json"], max_queue=1)  # type: ignore[list-item]
+        slow = Client(slow_ws, binary=False)
+        await slow.send({"type": "connect", "token": hub.token("s1")})
+        big = "x" * 100_000
+        frames: list[dict[str, Any]] = []
+        async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
+            # Paced by the fast socket (10 at a time): it must keep up while the slow one falls behind.
+            for step in range(30):
+                await publisher.publish_many(
+                    [{"user": "s1", "data": {"i": i, "pad": big}} for i in range(step * 10, step * 10 + 10)]
+                )
+                frames += await fast.notifications(10, timeout=10)
+                if backend.broker.overflows:
+                    break
+        assert [f["data"]["i"] for f in frames] == list(range(len(frames)))
+        await wait_for(lambda: backend.broker.overflows >= 1, what="the slow socket's queue to overflow")
+        closed = await slow.closed(timeout=30)
+        assert closed.code == 1013
+        await fast.close()
+
+
+async def test_one_user_on_two_replicas() -> None:
+    async with environment() as env, run_hub("distributed", env=env) as a, run_hub("distributed", env=env) as b:
+        on_a = await a.connect("t1")
+        on_b = await b.connect("t1")
+        await publish_range(env, "t1", 0, 200)
+        assert_exact(await on_a.notifications(200), range(200))
+        assert_exact(await on_b.notifications(200), range(200))
+        await on_a.expect_silence(0.2)
+        await on_b.expect_silence(0.1)
+        presence = (await a.api("GET", "/api/presence/t1")).json()
+        assert presence["connections"] == 2
+        await on_a.close()
+        await on_b.close()
+
+
+def _serve(env: dict[str, str], port: int, replica: str) -> subprocess.Popen[bytes]:
+    environ = {**os.environ, **env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY, "HUB_REPLICA_ID": replica}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hub", "serve", "--port", str(port), "--log-level", "warning"],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def _ready(port: int) -> bool:
+    try:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_active_sequencer_killed_another_takes_over() -> None:
+    async with environment() as env:
+        port_a, port_b = free_port(), free_port()
+        first = _serve(env, port_a, "seq-a")  # starts first: the single active consumer
+        second = None
+        try:
+            await wait_for(lambda: _ready(port_a), timeout=30, what="replica a")
+            second = _serve(env, port_b, "seq-b")
+            await wait_for(lambda: _ready(port_b), timeout=30, what="replica b")
+            ws = await connect(f"ws://127.0.0.1:{port_b}/ws", max_queue=None)
+            client = Client(ws, binary=False)
+            await client.send({"type": "connect", "token": make_token("k1")})
+            assert (await client.recv())["type"] == "connected"
+            publishing = asyncio.create_task(publish_range(env, "k1", 0, 400, chunk=10))
+            frames = await client.notifications(100, timeout=30)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            await publishing
+            print("PUBLISHED", flush=True)
+            frames += await client.notifications(300, timeout=30)
+            assert_exact(frames, range(400))
+            await client.expect_silence(0.3)
+            await client.close()
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(30)
