@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
+import httpx
+from websockets.asyncio.client import connect
 
-from hub.publisher import Publisher  # noqa: E402
-from tests.distributed_env import environment  # noqa: E402
-from tests.harness import API_KEY, SECRET, free_port, make_token  # noqa: E402
+from hub.publisher import Publisher
+from tests.distributed_env import environment
+from tests.harness import API_KEY, SECRET, free_port, make_token
 
 
 async def main() -> None:
@@ -39,7 +39,7 @@ async def main() -> None:
     async with environment() as env:
         port = free_port()
         environ = {**os.environ, **env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY, "HUB_LOG_LEVEL": "warning"}
-        hub = subprocess.Popen([sys.executable, "-m", "hub", "serve", "--port", str(port)], env=environ)
+        hub = subprocess.Popen([sys.executable, "-m", "hub", "serve", "--port", str(port)], env=environ)  # noqa: ASYNC220
         try:
             async with httpx.AsyncClient() as http:
                 for _ in range(300):
