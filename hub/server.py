@@ -6,11 +6,28 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from hub.app import create_app
 from hub.node import Node
+
+
+class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, minus what it keeps of the handshake.
+
+    Once the upgrade is accepted, the handshake response and the request headers in
+    the scope are never read again; a replica holds tens of thousands of sockets, so
+    letting them go saves about 4 KB per socket (bench: memory per idle socket).
+    """
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            self.response = None  # type: ignore[assignment]
+            self.scope["headers"] = []
 
 
 class _Server(uvicorn.Server):
@@ -31,7 +48,7 @@ def build_server(node: Node) -> uvicorn.Server:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,
         ws_max_size=settings.max_frame_size,
         ws_ping_interval=None,
         ws_per_message_deflate=False,

@@ -11,6 +11,7 @@ any task, turned into an ``error`` frame and a close code in ``run``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import secrets
@@ -96,7 +97,31 @@ class RateLimiter:
 
 
 class Session:
-    """Serves one accepted-for-upgrade WebSocket; ``run`` returns when it is closed."""
+    """Serves one accepted-for-upgrade WebSocket; ``run`` returns when it is closed.
+
+    Kept small, since a replica holds tens of thousands: ``__slots__``, two tasks per
+    open socket (the connection's own task writes, one more reads) and a timer handle
+    instead of a timer task.
+    """
+
+    __slots__ = (
+        "_limiter",
+        "_main",
+        "_receive",
+        "_send",
+        "_stop",
+        "_subprotocol",
+        "_text",
+        "_timer",
+        "claims",
+        "codec",
+        "conn_id",
+        "last",
+        "last_heard",
+        "next_ping",
+        "node",
+        "state",
+    )
 
     def __init__(self, node: Node, codec: Codec, subprotocol: str | None, receive: Receive, send: Send) -> None:
         self.node = node
@@ -104,14 +129,17 @@ class Session:
         self._subprotocol = subprotocol
         self._receive = receive
         self._send = send
+        self._text = not codec.binary
         self.conn_id = secrets.token_hex(8)
         self.state = State.NEW
         self.claims: Claims | None = None
-        self._last = {}  # type: dict[str, tuple[int, int]]
-        self._last_heard = time.monotonic()
-        self._stop: asyncio.Future[Disconnect] = asyncio.get_running_loop().create_future()
+        self.last: dict[str, tuple[int, int]] = {}  # per topic: the offset last delivered
+        self.last_heard = time.monotonic()
+        self.next_ping = 0.0
         self._limiter = RateLimiter(node.settings.max_frame_rate)
-        self._text = not codec.binary
+        self._stop: Disconnect | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def _set_state(self, state: State) -> None:
         if state not in _TRANSITIONS[self.state]:
@@ -120,10 +148,15 @@ class Session:
 
     # ------------------------------------------------------------------ public
 
-    def close(self, code: CloseCode, message: str) -> None:
-        """Ask the session to close with ``code`` (from any task); returns at once."""
-        if not self._stop.done():
-            self._stop.set_result(Disconnect(code, message))
+    def close(self, code: CloseCode | None, message: str = "") -> None:
+        """Ask the session to close with ``code`` (None: the peer is gone); returns at once.
+
+        Safe from any task or callback; the first reason wins.
+        """
+        if self._stop is None:
+            self._stop = Disconnect(code, message)
+            if self._main is not None and self.state is State.OPEN:
+                self._main.cancel()
 
     async def run(self) -> None:
         """Accept the upgrade, serve the connection, and always leave it closed and forgotten."""
@@ -150,22 +183,19 @@ class Session:
             subscription = await self._open(claims, connect.since)
             self._set_state(State.OPEN)
             metrics.connections.inc()
-            node.register(self)
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._reader())
-                    group.create_task(self._writer(subscription))
-                    group.create_task(self._timer())
+                node.register(self)
+                await self._serve(subscription)
             finally:
                 node.unregister(self)
                 metrics.connections.dec()
-        except* Disconnect as group:
-            outcome = group.exceptions[0]  # type: ignore[assignment]
-        except* OSError:
+        except Disconnect as disconnect:
+            outcome = disconnect
+        except OSError:
             outcome = Disconnect(None)  # the socket broke under a send
-        except* Exception:
+        except Exception:
             log.exception("session %s failed", self.conn_id)
-            node.metrics.errors.labels(where="session").inc()
+            metrics.errors.labels(where="session").inc()
             outcome = Disconnect(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._set_state(State.CLOSED)
@@ -173,8 +203,47 @@ class Session:
                 await _quietly(subscription.close())
             if conn is not None:
                 await _quietly(node.backend.presence.remove(conn))
-            if outcome.code is not None:
-                await self._close(outcome.code, outcome.message)
+        if outcome.code is not None:
+            await self._close(outcome.code, outcome.message)
+
+    async def _serve(self, subscription: Subscription) -> None:
+        """Write live notifications in this task while another task reads; return on the first
+        reason to stop, raised as Disconnect."""
+        main = self._main = asyncio.current_task()
+        assert main is not None
+        if self._stop is not None:  # closed (a drain) before it could start serving
+            raise self._stop
+        reader = asyncio.get_running_loop().create_task(self._reader())
+        reader.add_done_callback(self._reader_done)
+        self.next_ping = time.monotonic() + self.node.settings.ping_interval
+        self._arm_timer()
+        try:
+            await self._writer(subscription)
+        except asyncio.CancelledError:
+            if self._stop is None or main.uncancel() > 0:
+                raise  # cancelled from outside (server shutdown), not by close()
+        except Disconnect as disconnect:
+            self.close(disconnect.code, disconnect.message)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Disconnect):
+                await reader
+        assert self._stop is not None
+        raise self._stop
+
+    def _reader_done(self, reader: asyncio.Task[None]) -> None:
+        if reader.cancelled():
+            return
+        error = reader.exception()
+        if isinstance(error, Disconnect):
+            self.close(error.code, error.message)
+        elif isinstance(error, OSError):
+            self.close(None)
+        elif error is not None:
+            log.error("session %s: reader failed", self.conn_id, exc_info=error)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     # --------------------------------------------------------------- the steps
 
@@ -223,7 +292,7 @@ class Session:
             for topic in topics:
                 found = reads[topic].notifications
                 offsets[topic] = (found[-1].offset or ZERO_OFFSET) if found else start[topic]
-                self._last[topic] = parse_offset(offsets[topic])
+                self.last[topic] = parse_offset(offsets[topic])
             await self._send_frame(self._connected(claims, recovered=recovered, offsets=offsets))
             for topic in topics:
                 for notification in reads[topic].notifications:
@@ -253,7 +322,7 @@ class Session:
         self.node.metrics.gaps.inc()
         if history is None:
             return  # at-most-once without history: nothing to back-fill from
-        after = {t: f"{k[0]}-{k[1]}" for t, k in self._last.items()}
+        after = {t: f"{k[0]}-{k[1]}" for t, k in self.last.items()}
         reads = await history.read(after)
         for read in reads.values():
             for notification in read.notifications:
@@ -272,6 +341,9 @@ class Session:
                 if claims.user != self.claims.user:
                     raise Disconnect(CloseCode.BAD_TOKEN, "expected a refresh token for the same user")
                 self.claims = Claims(self.claims.user, self.claims.topics, claims.exp)
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._arm_timer()
                 continue
             raise Disconnect(CloseCode.PROTOCOL_ERROR, "expected refresh or pong, got a second connect")
 
@@ -304,32 +376,35 @@ class Session:
             self.node.metrics.notifications_out.inc()
 
     def _is_new(self, topic: str, key: tuple[int, int]) -> bool:
-        if key <= self._last.get(topic, (0, 0)):
+        if key <= self.last.get(topic, (0, 0)):
             return False
-        self._last[topic] = key
+        self.last[topic] = key
         return True
 
-    async def _timer(self) -> None:
-        settings = self.node.settings
-        interval = settings.ping_interval
-        next_ping = time.monotonic() + interval
-        while True:
-            assert self.claims is not None
-            now = time.monotonic()
-            until_expiry = self.claims.exp - time.time()
-            if until_expiry <= 0:
-                raise Disconnect(CloseCode.TOKEN_EXPIRED, "the token expired; send 'refresh' before 'exp'")
-            if now >= next_ping:
-                if now - self._last_heard > 2 * interval:
-                    raise Disconnect(CloseCode.GOING_AWAY, f"heard nothing for {2 * interval:g} s")
-                await self._send_frame(PING_FRAME)
-                next_ping = now + interval
-            wait = min(next_ping - now, until_expiry)
-            try:
-                stop = await asyncio.wait_for(asyncio.shield(self._stop), timeout=max(wait, 0.001))
-            except TimeoutError:
-                continue
-            raise stop
+    def _arm_timer(self) -> None:
+        """Schedule the next check: a ping, the silence watchdog or the token's expiry."""
+        assert self.claims is not None
+        until_expiry = self.claims.exp - time.time()
+        wait = min(self.next_ping - time.monotonic(), until_expiry)
+        self._timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.claims is not None
+        if self._stop is not None:
+            return
+        now = time.monotonic()
+        interval = self.node.settings.ping_interval
+        if self.claims.exp - time.time() <= 0:
+            self.close(CloseCode.TOKEN_EXPIRED, "the token expired; send 'refresh' before 'exp'")
+            return
+        if now >= self.next_ping:
+            if now - self.last_heard > 2 * interval:
+                self.close(CloseCode.GOING_AWAY, f"heard nothing for {2 * interval:g} s")
+                return
+            self.next_ping = now + interval
+            ping = asyncio.get_running_loop().create_task(self._send_frame(PING_FRAME))
+            ping.add_done_callback(_ignore_result)
+        self._arm_timer()
 
     # --------------------------------------------------------------- the socket
 
@@ -340,7 +415,7 @@ class Session:
             raise Disconnect(None)
         if kind != "websocket.receive":
             raise RuntimeError(f"expected an ASGI 'websocket.receive' message, got {kind!r}")
-        self._last_heard = time.monotonic()
+        self.last_heard = time.monotonic()
         if not self._limiter.allow():
             raise Disconnect(CloseCode.LIMIT, f"more than {self.node.settings.max_frame_rate:g} frames per second")
         text = message.get("text")
@@ -367,6 +442,12 @@ class Session:
             await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
         except Exception:  # the client may be gone already; the close is best effort
             log.debug("session %s: close %s after the socket went away", self.conn_id, int(code))
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    """A ping that failed because the socket went away: the reader notices and ends the session."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:
