@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from hub.backends.base import BackendUnavailable
 from hub.node import Node
 from hub.protocol import choose_codec
 from hub.session import Receive, Scope, Send, Session
@@ -187,7 +188,10 @@ async def _publish(node: Node, request: Request) -> Response:
         topic = user_topic(payload["user"]) if "user" in payload else validate_topic(payload["topic"])
     except InvalidTopic as exc:
         return _error(400, str(exc))
-    receipt = await node.publish(topic, payload["data"], message_id=message_id, ttl=ttl, source="http")
+    try:
+        receipt = await node.publish(topic, payload["data"], message_id=message_id, ttl=ttl, source="http")
+    except BackendUnavailable as exc:
+        return _error(503, f"not accepted, try again: {exc}")
     answer: dict[str, Any] = {"id": receipt.id, "topic": topic, "offset": receipt.offset}
     if receipt.duplicate:
         answer["duplicate"] = True

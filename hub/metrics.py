@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -42,6 +47,46 @@ class Metrics:
             "hub_live_gaps", "Live subscriptions restored after a broker interruption", registry=registry
         )
 
+    def watch_backend(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the backend's own counters (read from ``stats()`` at each scrape)."""
+        self.registry.register(_BackendCollector(stats))
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+#: Backend counters exported as ``hub_<name>_total``; keys a backend does not report are left out.
+BACKEND_COUNTERS = {
+    "sequenced": "Notifications appended to history by this replica's sequencer (stream writes)",
+    "duplicates": "Redelivered or re-published ids the sequencer found already in history",
+    "overflows": "Sockets whose RabbitMQ queue dropped messages (x-max-length reached)",
+    "dropped": "Live messages that could not be read and were dropped",
+    "redis_retries": "Sequencer batches retried because Redis did not answer",
+}
+
+
+class _BackendCollector(Collector):
+    """Reads the backend's counters at scrape time, so the hot path only bumps integers."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for name, documentation in BACKEND_COUNTERS.items():
+            if name in stats:
+                yield CounterMetricFamily(f"hub_{name}", documentation, value=stats[name])
+        if "dead_letters" in stats:
+            family = CounterMetricFamily(
+                "hub_dead_letters", "Messages sent to the dead-letter queue, by reason", labels=["reason"]
+            )
+            for reason, count in stats["dead_letters"].items():
+                family.add_metric([reason], count)
+            yield family
+        if "ingest_lag_seconds" in stats:
+            yield GaugeMetricFamily(
+                "hub_ingest_lag_seconds",
+                "Age of the oldest notification in the sequencer's last batch (publish → stream)",
+                value=stats["ingest_lag_seconds"],
+            )

@@ -29,6 +29,7 @@ class Node:
         self.backend = backend if backend is not None else create_backend(settings)
         self.auth = Authenticator(settings)
         self.metrics = Metrics()
+        self.metrics.watch_backend(self.backend.stats)
         self.sessions: set[Session] = set()
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()

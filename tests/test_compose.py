@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
+from tests.services import missing
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -37,10 +37,7 @@ def load_cluster() -> ModuleType:
 def need(tool: str, install: str) -> str:
     path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/local/sbin")
     if path is None:
-        message = f"{tool} is not installed ({install})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{tool} is not installed ({install})")
     return path
 
 

@@ -176,3 +176,7 @@ class Backend(Protocol):
     async def check(self) -> dict[str, str | None]:
         """Health of each engine: name → None when healthy, else what is wrong."""
         ...
+
+    def stats(self) -> dict[str, Any]:
+        """Cumulative counters for ``/metrics`` (names in ``hub.metrics.BACKEND_COUNTERS``)."""
+        ...

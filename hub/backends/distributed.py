@@ -139,7 +139,13 @@ class DistributedBackend:
             stats.update(overflows=self._broker.overflows, dropped=self._broker.dropped)
         if self._sequencer is not None:
             s = self._sequencer.stats
-            stats.update(sequenced=s.sequenced, duplicates=s.duplicates, dead_letters=dict(s.dead_letters))
+            stats.update(
+                sequenced=s.sequenced,
+                duplicates=s.duplicates,
+                dead_letters=dict(s.dead_letters),
+                redis_retries=s.redis_retries,
+                ingest_lag_seconds=s.last_lag_ms / 1000,
+            )
         return stats
 
     async def _presence_event(self, user: str, online: bool) -> None:

@@ -123,6 +123,7 @@ class _MemorySubscription:
         if len(self._buffer) >= self._bound:
             self._overflowed = True
             self._buffer.clear()
+            self._broker.overflows += 1
         else:
             self._buffer.append(notification)
         self._ready.set()
@@ -152,6 +153,7 @@ class MemoryBroker:
         self._history = history
         self._bound = bound
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
+        self.overflows = 0
 
     async def publish(
         self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
@@ -242,3 +244,6 @@ class MemoryBackend:
 
     async def check(self) -> dict[str, str | None]:
         return {"memory": None}
+
+    def stats(self) -> dict[str, Any]:
+        return {"overflows": self._broker.overflows}

@@ -52,7 +52,7 @@ class SequencerStats:
     dead_letters: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     redis_retries: int = 0
-    lag_ms: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
+    last_lag_ms: int = 0
 
 
 class Sequencer:
@@ -65,18 +65,22 @@ class Sequencer:
         self._buffer: deque[AbstractIncomingMessage] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failures = 0
         self._channel: AbstractRobustChannel | None = None
-        self._live: AbstractRobustChannel | None = None
         self.stats = SequencerStats()
         self.redis_error: str | None = None
 
     async def start(self) -> None:
-        """Open the channels and start consuming; returns at once (the loop runs in a task)."""
-        self._channel = await self._connection.channel(publisher_confirms=False)
-        self._live = await self._connection.channel(publisher_confirms=True)
-        assert self._channel is not None
-        await self._channel.set_qos(prefetch_count=PREFETCH)
-        queue = await declare_ingest(self._channel, self._settings)
+        """Open the channel and start consuming; returns at once (the loop runs in a task).
+
+        One channel both consumes ``hub.ingest`` and publishes to ``notifications.live``
+        (with confirms): after a reconnect aio-pika restores it as one, so a batch can
+        never be delivered on a restored channel while its publishing channel is still
+        the closed one.
+        """
+        self._channel = channel = await self._connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=PREFETCH)
+        queue = await declare_ingest(channel, self._settings)
         await queue.consume(self._on_message)
         self._task = asyncio.create_task(self._run(), name="hub-sequencer")
 
@@ -102,17 +106,32 @@ class Sequencer:
             try:
                 await self._process(batch)
             except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                # The channel went away: every message of the batch is redelivered (to us
-                # after the robust reconnect, or to the next active consumer).
-                log.warning("sequencer batch of %d abandoned, will be redelivered: %r", len(batch), exc)
+                log.warning("sequencer batch of %d not done, requeued: %r", len(batch), exc)
+                await self._requeue(batch)
             except Exception:
-                log.exception("sequencer batch of %d failed; will be redelivered", len(batch))
+                log.exception("sequencer batch of %d failed; requeued", len(batch))
+                await self._requeue(batch)
+            else:
+                self._failures = 0
+
+    async def _requeue(self, batch: list[AbstractIncomingMessage]) -> None:
+        """Give a failed batch back to the queue, then back off before the next one.
+
+        On a live channel the batch is nacked (requeued in order, for us or the next
+        active consumer); on a dead one the broker requeues it by itself. Messages already
+        appended keep their offset when they come back (de-duplication by id).
+        """
+        with contextlib.suppress(Exception):
+            await batch[-1].nack(multiple=True, requeue=True)
+        self._failures += 1
+        await asyncio.sleep(min(RETRY_FIRST * 2**self._failures, RETRY_MAX))  # backoff, not synchronisation
 
     async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
         entries: list[tuple[str, str, int, bytes, bytes]] = []
         json_data: list[str] = []
         dead: list[tuple[AbstractIncomingMessage, str, str]] = []
         now = now_ms()
+        lag = 0
         for message in batch:
             try:
                 topic = validate_topic(message.routing_key)
@@ -129,10 +148,11 @@ class Sequencer:
             id = message.message_id or new_id()
             entries.append((topic, id, ts, JSON_KIND, data_json.encode()))
             json_data.append(data_json)
-            self.stats.lag_ms.append(now - ts)
+            lag = max(lag, now - ts)
+        self.stats.last_lag_ms = lag
         results = await self._append(entries) if entries else []
-        assert self._live is not None
-        live = await self._live.get_underlay_channel()
+        assert self._channel is not None
+        live = await self._channel.get_underlay_channel()
         confirms: list[Awaitable[object]] = [
             live.basic_publish(
                 json_frame(id, topic, offset, ts, data_json).encode(),

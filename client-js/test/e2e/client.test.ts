@@ -10,6 +10,7 @@ import {
   mintToken,
   preflight,
   publish,
+  publishAmqp,
   startHub,
   startPageServer,
   until,
@@ -137,6 +138,18 @@ describe('against a running hub', () => {
       assert.ok(outbound.slice(1).every((f) => f.type === 'pong' || f.type === 'refresh'));
     });
   }
+
+  // AMQP publishing exists on the distributed backend only (npm test runs both backends).
+  if (DISTRIBUTED) it('receives notifications published over AMQP by a backend (hub publish), in order', async () => {
+    const user = newUser();
+    const page = await openPage({ user });
+    await waitConnected(page);
+    for (let n = 1; n <= 3; n++) await publishAmqp(user, { n, via: 'amqp', sent_at: Date.now() });
+    const notes = await waitNotes(page, 3);
+    assert.deepEqual(numbers(notes), [1, 2, 3]);
+    assert.equal(notes[0]!.data['via'], 'amqp');
+    assert.ok(notes.every((x) => typeof x.offset === 'string'), 'sequenced: every notification has an offset');
+  });
 
   it('answers pings, so the hub keeps the connection (HUB_PING_INTERVAL=2)', async () => {
     const user = newUser();
