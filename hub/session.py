@@ -20,7 +20,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from hub.auth import Claims, TokenError
-from hub.backends.base import Connection, Subscription, SubscriptionGap, SubscriptionOverflow
+from hub.backends.base import (
+    BackendUnavailable,
+    Connection,
+    History,
+    HistoryRead,
+    Subscription,
+    SubscriptionGap,
+    SubscriptionOverflow,
+)
 from hub.codes import CloseCode
 from hub.notification import now_ms
 from hub.protocol import (
@@ -174,13 +182,21 @@ class Session:
                 if topic not in claims.topics:
                     raise Disconnect(CloseCode.FORBIDDEN, f"topic {topic!r} in 'since' is not granted by the token")
             conn = Connection(self.conn_id, claims.user, node.settings.replica_id)
-            count = await node.backend.presence.add(conn)
-            if count > node.settings.max_connections_per_user:
+            # Presence and the live queue are independent: one round trip for both.
+            added, subscribed = await asyncio.gather(
+                node.backend.presence.add(conn), node.backend.broker.subscribe(claims.topics), return_exceptions=True
+            )
+            if isinstance(subscribed, BaseException):
+                raise subscribed
+            subscription = subscribed
+            if isinstance(added, BaseException):
+                raise added
+            if added > node.settings.max_connections_per_user:
                 raise Disconnect(
                     CloseCode.LIMIT,
-                    f"user has {count - 1} connections, the limit is {node.settings.max_connections_per_user}",
+                    f"user has {added - 1} connections, the limit is {node.settings.max_connections_per_user}",
                 )
-            subscription = await self._open(claims, connect.since)
+            await self._recover(claims, connect.since)
             self._set_state(State.OPEN)
             metrics.connections.inc()
             try:
@@ -193,6 +209,9 @@ class Session:
             outcome = disconnect
         except OSError:
             outcome = Disconnect(None)  # the socket broke under a send
+        except BackendUnavailable as exc:
+            log.warning("session %s: %s", self.conn_id, exc)
+            outcome = Disconnect(CloseCode.TRY_AGAIN_LATER, "the hub cannot serve this connection now; retry later")
         except Exception:
             log.exception("session %s failed", self.conn_id)
             metrics.errors.labels(where="session").inc()
@@ -265,43 +284,36 @@ class Session:
             self.node.metrics.auth_failures.labels(code=str(int(exc.code))).inc()
             raise Disconnect(exc.code, str(exc)) from None
 
-    async def _open(self, claims: Claims, since: dict[str, str]) -> Subscription:
-        """Subscribe, then replay history above each topic's start offset (DESIGN.md §5).
+    async def _recover(self, claims: Claims, since: dict[str, str]) -> None:
+        """Send ``connected``, then history above each ``since`` offset (DESIGN.md §5).
 
-        Subscribing first means nothing published meanwhile is missed; the writer
-        drops live notifications at or below what the replay already sent.
+        Called once the live subscription exists, so nothing published from then on is
+        missed; the writer drops live notifications at or below what was replayed. A topic
+        without ``since`` starts at its latest offset as read now: whatever the live queue
+        holds up to it was published before ``connected`` and is not for this connection,
+        and that offset is the resume point the client gets in ``offsets``.
         """
         node = self.node
         history = node.backend.history
-        topics = list(claims.topics)
         if since:
             node.metrics.reconnects.inc()
         if history is None:
-            subscription = await node.backend.broker.subscribe(topics)
             await self._send_frame(self._connected(claims, recovered=not since, offsets={}))
-            return subscription
-        start = dict(since)
-        fresh = [t for t in topics if t not in since]
-        if fresh:
-            start.update(await history.latest(fresh))
-        subscription = await node.backend.broker.subscribe(topics)
-        try:
-            reads = await history.read(start)
-            recovered = all(reads[t].complete for t in since)
-            offsets: dict[str, str] = {}
-            for topic in topics:
-                found = reads[topic].notifications
-                offsets[topic] = (found[-1].offset or ZERO_OFFSET) if found else start[topic]
-                self.last[topic] = parse_offset(offsets[topic])
-            await self._send_frame(self._connected(claims, recovered=recovered, offsets=offsets))
-            for topic in topics:
-                for notification in reads[topic].notifications:
-                    await self._send_wire(notification.frame(self.codec))
-                    node.metrics.replayed.inc()
-        except BaseException:
-            await _quietly(subscription.close())
-            raise
-        return subscription
+            return
+        fresh = [t for t in claims.topics if t not in since]
+        reads, latest = await asyncio.gather(_read(history, since), _latest(history, fresh))
+        recovered = all(read.complete for read in reads.values())
+        offsets: dict[str, str] = {}
+        for topic in claims.topics:
+            read = reads.get(topic)
+            found = read.notifications if read is not None else ()
+            offsets[topic] = (found[-1].offset or ZERO_OFFSET) if found else latest.get(topic) or since[topic]
+            self.last[topic] = parse_offset(offsets[topic])
+        await self._send_frame(self._connected(claims, recovered=recovered, offsets=offsets))
+        for read in reads.values():
+            for notification in read.notifications:
+                await self._send_wire(notification.frame(self.codec))
+            node.metrics.replayed.inc(len(read.notifications))
 
     def _connected(self, claims: Claims, *, recovered: bool, offsets: dict[str, str]) -> dict[str, Any]:
         settings = self.node.settings
@@ -442,6 +454,14 @@ class Session:
             await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
         except Exception:  # the client may be gone already; the close is best effort
             log.debug("session %s: close %s after the socket went away", self.conn_id, int(code))
+
+
+async def _read(history: History, after: dict[str, str]) -> dict[str, HistoryRead]:
+    return await history.read(after) if after else {}
+
+
+async def _latest(history: History, topics: list[str]) -> dict[str, str]:
+    return await history.latest(topics) if topics else {}
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:

@@ -134,10 +134,14 @@ class Client:
 
     async def notifications(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
         """Exactly the next ``count`` notification frames."""
-        found = []
+        found: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while len(found) < count:
-            frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            try:
+                frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                got = [f.get("data") for f in found]
+                raise AssertionError(f"expected {count} notifications within {timeout:g} s, got {len(found)}: {got}")
             assert frame["type"] == "notification", f"expected a notification, got {frame}"
             found.append(frame)
         return found

@@ -155,6 +155,7 @@ class AmqpSubscription:
         self._ready = asyncio.Event()
         self._overflowed = False
         self._gap = False
+        self._restoring = False
         self.closed = False
 
     async def declare(self) -> None:
@@ -196,24 +197,43 @@ class AmqpSubscription:
         self._overflowed = True
         self._ready.set()
 
-    def restored(self) -> None:
-        """The queue is declared again after a drop: deliveries in between may be lost."""
-        self._gap = True
+    def suspend(self) -> None:
+        """The channel is back but this queue is not yet: hold ``receive`` until ``restored``.
+
+        The old channel's delivery tags die with it (the broker requeued or dropped those
+        messages), so they are forgotten here, before the new channel delivers anything.
+        """
+        self._restoring = True
         self._tags.clear()
         self._unacked.clear()
+
+    def restored(self) -> None:
+        """The queue is declared, bound and consumed again: messages published while it was
+        gone may be missing, so the next ``receive`` raises SubscriptionGap.
+
+        The order matters: the gap is raised only once the binds exist, so the back-fill
+        from history sees everything the live queue missed; and no delivery of the new
+        queue is handed out before it, so the back-fill starts from the last offset the
+        socket got before the drop.
+        """
+        self._restoring = False
+        self._gap = True
         self._ready.set()
 
     async def receive(self) -> Sequence[Notification]:
-        while not self._buffer and not self._overflowed and not self._gap:
+        while True:
+            if self._overflowed:
+                raise SubscriptionOverflow(
+                    f"more than {self._broker.settings.socket_queue_size} notifications waiting for one socket"
+                )
+            if not self._restoring:
+                if self._gap:
+                    self._gap = False
+                    raise SubscriptionGap("the broker connection was restored; live messages may have been missed")
+                if self._buffer:
+                    break
             self._ready.clear()
             await self._ready.wait()
-        if self._overflowed:
-            raise SubscriptionOverflow(
-                f"more than {self._broker.settings.socket_queue_size} notifications waiting for one socket"
-            )
-        if self._gap:
-            self._gap = False
-            raise SubscriptionGap("the broker connection was restored; live messages may have been missed")
         batch, self._buffer = self._buffer, []
         self._unacked += self._tags
         self._tags = []
@@ -274,6 +294,8 @@ class LiveBroker:
             slot.reset(await slot.robust.get_underlay_channel())
             subscriptions = list(slot.subscriptions.values())
             self.restores += 1
+            for subscription in subscriptions:
+                subscription.suspend()
             results = await asyncio.gather(*(s.declare() for s in subscriptions), return_exceptions=True)
             for subscription, result in zip(subscriptions, results, strict=True):
                 if isinstance(result, BaseException):
