@@ -110,7 +110,7 @@ class Publisher:
     ) -> str:
         """Publish to any topic (e.g. ``broadcast``); return the notification id."""
         message, id = _message(validate_topic(topic), data, message_id, ttl, self._delivery_mode)
-        await self._ready().publish(message, routing_key=topic)
+        await self._ready().publish(message, routing_key=topic, mandatory=False)
         return id
 
     async def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -127,7 +127,9 @@ class Publisher:
                 (topic, *_message(topic, item.get("data"), item.get("id"), item.get("ttl"), self._delivery_mode))
             )
         exchange = self._ready()
-        await asyncio.gather(*(exchange.publish(message, routing_key=topic) for topic, message, _ in prepared))
+        await asyncio.gather(
+            *(exchange.publish(message, routing_key=topic, mandatory=False) for topic, message, _ in prepared)
+        )
         return [id for _, _, id in prepared]
 
     def _ready(self) -> AbstractExchange:

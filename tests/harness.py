@@ -141,7 +141,9 @@ class Client:
                 frame = await self.recv(max(0.01, deadline - time.monotonic()))
             except TimeoutError:
                 got = [f.get("data") for f in found]
-                raise AssertionError(f"expected {count} notifications within {timeout:g} s, got {len(found)}: {got}")
+                raise AssertionError(
+                    f"expected {count} notifications within {timeout:g} s, got {len(found)}: {got}"
+                ) from None
             assert frame["type"] == "notification", f"expected a notification, got {frame}"
             found.append(frame)
         return found

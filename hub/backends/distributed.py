@@ -98,7 +98,10 @@ class DistributedBackend:
         )
         channel = await connection.channel()
         await declare_topology(channel, settings)
-        self._presence_exchange = await channel.get_exchange(settings.presence_exchange, ensure=False)
+        # Presence events are fire-and-forget (no confirm, no return): a connect must not
+        # wait a broker round trip for an event nobody may be listening to.
+        events = await connection.channel(publisher_confirms=False)
+        self._presence_exchange = await events.get_exchange(settings.presence_exchange, ensure=False)
         self._broker = LiveBroker(connection, settings)
         await self._broker.start()
         if self._history is not None:
@@ -158,4 +161,4 @@ class DistributedBackend:
         message = aio_pika.Message(
             body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
         )
-        await exchange.publish(message, routing_key=f"presence.{kind}.{user}")
+        await exchange.publish(message, routing_key=f"presence.{kind}.{user}", mandatory=False)

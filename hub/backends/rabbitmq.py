@@ -338,7 +338,7 @@ class LiveBroker:
             headers={"ts": now_ms()},
         )
         try:
-            await self._exchange.publish(message, routing_key=topic)
+            await self._exchange.publish(message, routing_key=topic, mandatory=False)
         except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
             raise BackendUnavailable(f"RabbitMQ did not confirm the publish: {exc!r}") from exc
         return Receipt(id, None)
