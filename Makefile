@@ -4,7 +4,7 @@ setup:  ## install everything and start RabbitMQ and Redis if needed
 	bash scripts/setup.sh
 
 run:  ## run a single-node hub on the embedded backend (http://127.0.0.1:8080)
-	bash scripts/setup.sh >/dev/null && .venv/bin/hub serve
+	bash scripts/setup.sh --runtime && .venv/bin/hub serve
 
 test:  ## every test: lint, types, Python suite, client-js unit and browser tests
 	bash scripts/test.sh

@@ -8,6 +8,7 @@ restarts RabbitMQ (to raise its file-descriptor limit) when explicitly asked.
 from __future__ import annotations
 
 import re
+import resource
 import socket
 import subprocess
 import time
@@ -87,7 +88,12 @@ def restart_rabbit_with_nofile(nofile: int) -> None:
         if not rabbit_pids():
             break
         time.sleep(1)
-    subprocess.run(["bash", "-c", f"ulimit -n {nofile} && rabbitmq-server -detached"], timeout=60, check=True)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, hard)  # a raise past the hard limit fails and would leave RabbitMQ down
+    started = subprocess.run(["bash", "-c", f"ulimit -n {nofile} && rabbitmq-server -detached"], timeout=60, check=False)
+    if started.returncode != 0:
+        subprocess.run(["rabbitmq-server", "-detached"], timeout=60, check=True)  # never leave it stopped
     subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "120"], capture_output=True, timeout=150, check=True)
     wait_port(5672, 60)
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the hub and its tests need on a fresh Debian machine, idempotently:
 # the Python virtualenv with the package, the Debian packages the tests drive
-# (chromium, nginx, docker-compose for validating the compose file), and client-js's
+# (chromium, haproxy, docker-compose for validating the compose file), and client-js's
 # npm dependencies. Starts Redis and RabbitMQ when they are not running.
+#   scripts/setup.sh            everything the tests need
+#   scripts/setup.sh --runtime  only the virtualenv with the hub (enough for `make run`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+runtime_only=false
+[ "${1:-}" = "--runtime" ] && runtime_only=true
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -21,10 +25,12 @@ if ! .venv/bin/python -c "import hub, pytest, ruff" 2>/dev/null \
   touch .venv/.installed
 fi
 
+$runtime_only && exit 0
+
 # --- Debian packages the tests use
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)

@@ -3,7 +3,7 @@
 The services are shared with other engineers' tests, so each test process creates its
 own RabbitMQ vhost (``rabbitmqctl``, once per process, deleted at exit) and each hub
 environment gets its own Redis key prefix and its own exchange and queue names inside
-that vhost. Outside CI a missing service skips; with ``CI=true`` it fails, naming it.
+that vhost. A missing service fails the tests, naming it (tests/services.py).
 """
 
 from __future__ import annotations

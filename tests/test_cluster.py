@@ -1,7 +1,7 @@
 """Three distributed replicas behind the real HAProxy config (docker/cluster.py), end to end.
 
 Needs RabbitMQ (rabbitmqctl, a private vhost per test), Redis (a private key prefix)
-and haproxy. In CI (CI=true) a missing one fails with its name; elsewhere it skips.
+and haproxy. A missing one fails the test with its name (tests/services.py).
 Figures (clients, notifications, losses, duplicates, time until every client is
 back) are printed; run with ``-s`` to see them.
 """

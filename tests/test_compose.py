@@ -1,8 +1,8 @@
 """docker/: the compose file is valid, and the local cluster runs the LB configuration compose runs.
 
 No container engine runs here: ``docker-compose config`` validates the file against
-the compose schema and resolves interpolation offline. In CI (CI=true) a missing
-``docker-compose`` or ``haproxy`` fails; elsewhere it skips.
+the compose schema and resolves interpolation offline. A missing
+``docker-compose`` or ``haproxy`` fails the test, naming it.
 """
 
 from __future__ import annotations

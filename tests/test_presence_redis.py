@@ -1,7 +1,7 @@
 """RedisPresence against a real Redis (127.0.0.1:6379, or HUB_TEST_REDIS_URL).
 
 Every test uses its own key prefix and deletes its keys afterwards; the Redis is
-shared. In CI (CI=true) a missing Redis fails the test; elsewhere it skips.
+shared. A missing Redis fails the test, naming it.
 """
 
 from __future__ import annotations
