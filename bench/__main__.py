@@ -79,7 +79,9 @@ def _run_target(name: str, profile: Any, chosen: list[str], fd_limit: int) -> di
             res = attempt(f"idle {n}", scenarios.idle, n)
             if res:
                 out["idle"].append(res)
-    if "latency" in chosen:
+    if "latency" in chosen and target.client == "stomp" and profile.sockets > fd_limit - 100:
+        out["errors"].append(f"latency skipped: {profile.sockets} sockets exceed RabbitMQ's socket limit {fd_limit}")
+    elif "latency" in chosen:
         res = attempt("latency", scenarios.latency)
         if res:
             out["latency"] = res

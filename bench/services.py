@@ -7,11 +7,13 @@ restarts RabbitMQ (to raise its file-descriptor limit) when explicitly asked.
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from bench.procstat import find_pids
 
@@ -81,20 +83,37 @@ def ensure_web_stomp() -> None:
     wait_port(15674, 30)
 
 
+LIMITS_FILE = Path("/etc/security/limits.d/90-rabbitmq-bench.conf")
+
+
 def restart_rabbit_with_nofile(nofile: int) -> None:
-    """Restart RabbitMQ with ``ulimit -n nofile``. Only for the full run; leaves it running."""
+    """Restart RabbitMQ with ``ulimit -n nofile``. Only for the full run; leaves it running.
+
+    Debian's ``rabbitmq-server`` starts the node through ``su rabbitmq``, whose PAM
+    session applies ``/etc/security/limits*`` and so resets a ``ulimit`` raised here:
+    the limit for the rabbitmq user is written there too (as root). Capped at this
+    process's hard limit, which a container may not let anyone exceed.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, hard)
+    if os.geteuid() == 0:
+        LIMITS_FILE.write_text(f"rabbitmq soft nofile {nofile}\nrabbitmq hard nofile {nofile}\n")
     subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120, check=False)
     for _ in range(60):
         if not rabbit_pids():
             break
         time.sleep(1)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY:
-        nofile = min(nofile, hard)  # a raise past the hard limit fails and would leave RabbitMQ down
-    started = subprocess.run(["bash", "-c", f"ulimit -n {nofile} && rabbitmq-server -detached"], timeout=60, check=False)
+    started = subprocess.run(
+        ["bash", "-c", f"ulimit -n {nofile} && rabbitmq-server -detached"], timeout=60, check=False
+    )
     if started.returncode != 0:
         subprocess.run(["rabbitmq-server", "-detached"], timeout=60, check=True)  # never leave it stopped
-    subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "120"], capture_output=True, timeout=150, check=True)
+    for _ in range(120):  # the node answers only once it has registered: poll, with a deadline
+        ping = subprocess.run(["rabbitmq-diagnostics", "-q", "ping"], capture_output=True, timeout=30, check=False)
+        if ping.returncode == 0:
+            break
+        time.sleep(1)
     wait_port(5672, 60)
 
 
