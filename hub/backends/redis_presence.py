@@ -43,25 +43,38 @@ Transition = Callable[[str, bool], Awaitable[None]]
 
 # KEYS: replicas zset, replica hash, user hash. ARGV: replica, conn id, user.
 # Returns {live connections of the user, 1 if the user just went online}.
-_ADD = """
+# Shared by both scripts: the user's connections (hash KEYS[3], conn → replica) whose
+# replica's lease (score in the zset KEYS[1], ms) has not run out.
+_LIVE = """
+local function live_connections()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local live = 0
+  local conns = redis.call('HGETALL', KEYS[3])
+  for i = 2, #conns, 2 do
+    local deadline = redis.call('ZSCORE', KEYS[1], conns[i])
+    if deadline and tonumber(deadline) >= now then live = live + 1 end
+  end
+  return live
+end
+"""
+
+_ADD = (
+    _LIVE
+    + """
 local became = 0
 if redis.call('EXISTS', KEYS[3]) == 0 then became = 1 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = 0
-local conns = redis.call('HGETALL', KEYS[3])
-for i = 2, #conns, 2 do
-  local deadline = redis.call('ZSCORE', KEYS[1], conns[i])
-  if deadline and tonumber(deadline) >= now then live = live + 1 end
-end
-return {live, became}
+return {live_connections(), became}
 """
+)
 
 # KEYS: replicas zset, replica hash, user hash. ARGV: conn id.
 # Returns {live connections of the user left, 1 if the user just went offline}.
-_REMOVE = """
+_REMOVE = (
+    _LIVE
+    + """
 local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 local went = 0
@@ -69,16 +82,9 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   if removed == 1 then went = 1 end
   return {0, went}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = 0
-local conns = redis.call('HGETALL', KEYS[3])
-for i = 2, #conns, 2 do
-  local deadline = redis.call('ZSCORE', KEYS[1], conns[i])
-  if deadline and tonumber(deadline) >= now then live = live + 1 end
-end
-return {live, went}
+return {live_connections(), went}
 """
+)
 
 # KEYS: replicas zset. ARGV: key prefix P, then user ids. Returns live counts, in order.
 COUNT_SCRIPT = """
