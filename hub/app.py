@@ -108,7 +108,10 @@ def _starlette(node: Node) -> Starlette:
                 validate_user_id(user)
         except InvalidTopic as exc:
             return _error(400, str(exc))
-        counts = await node.backend.presence.count(users)
+        try:
+            counts = await node.backend.presence.count(users)
+        except BackendUnavailable as exc:
+            return _error(503, f"presence is unavailable, try again: {exc}")
         return JSONResponse({"users": {u: {"online": c > 0, "connections": c} for u, c in counts.items()}})
 
     async def healthz(request: Request) -> Response:
@@ -203,7 +206,10 @@ async def _presence_one(node: Node, user: str) -> Response:
         validate_user_id(user)
     except InvalidTopic as exc:
         return _error(400, str(exc))
-    count = (await node.backend.presence.count([user]))[user]
+    try:
+        count = (await node.backend.presence.count([user]))[user]
+    except BackendUnavailable as exc:
+        return _error(503, f"presence is unavailable, try again: {exc}")
     return JSONResponse({"user": user, "online": count > 0, "connections": count})
 
 

@@ -125,11 +125,16 @@ async def test_redis_unavailable_for_a_while() -> None:
             await wait_for(lambda: backend.sequencer.stats.redis_retries > 0, what="the sequencer to retry Redis")
             assert (await hub.node.ready())["redis"] is not None
             assert backend.sequencer.stats.sequenced == 50  # nothing acked, nothing dropped meanwhile
+            newcomer = await hub.connect("d2", expect_connected=False)  # presence needs Redis
+            closed = await newcomer.closed()
+            assert closed.code == 1013, closed  # try again later, not an internal error
+            assert (await hub.api("GET", "/api/presence/d1")).status_code == 503
             proxy.restore()
             print("RESTORE", flush=True)
             frames += await client.notifications(100, timeout=30)
             assert_exact(frames, range(150))
             await client.expect_silence(0.3)
+            assert (await hub.api("GET", "/api/presence/d1")).json()["connections"] == 1
             await client.close()
 
 

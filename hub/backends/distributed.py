@@ -16,6 +16,7 @@ import aio_pika
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from hub.backends import redis_client
 from hub.backends.base import Presence
 from hub.backends.rabbitmq import LiveBroker, declare_topology
 from hub.backends.redis_history import RedisHistory
@@ -41,7 +42,7 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+        self._redis: aioredis.Redis = redis_client.connect(settings.redis_url)
         self._history = (
             RedisHistory(
                 self._redis, prefix=settings.redis_prefix, size=settings.history_size, ttl=settings.history_ttl

@@ -25,6 +25,7 @@ import msgpack
 from redis.asyncio import Redis
 
 from hub.backends.base import HistoryRead
+from hub.backends.redis_client import unavailable
 from hub.notification import Notification, now_ms
 from hub.topics import ZERO_OFFSET, parse_offset
 
@@ -157,21 +158,23 @@ class RedisHistory:
         return (await self.append_batch([(topic, id, ts, JSON_KIND, encoded)]))[0]
 
     async def latest(self, topics: Sequence[str]) -> dict[str, str]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                pipe.xrevrange(self.stream_key(topic), count=1)
-            results = await pipe.execute()
+        with unavailable("latest offsets"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for topic in topics:
+                    pipe.xrevrange(self.stream_key(topic), count=1)
+                results = await pipe.execute()
         return {t: (r[0][0].decode() if r else ZERO_OFFSET) for t, r in zip(topics, results, strict=True)}
 
     async def read(self, after: Mapping[str, str]) -> dict[str, HistoryRead]:
         topics = list(after)
         horizon = self._horizon()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
-                args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start]
-                await self._read(keys=[self.stream_key(topic)], args=args, client=pipe)
-            results = await pipe.execute()
+        with unavailable("history read"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for topic in topics:
+                    start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
+                    args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start]
+                    await self._read(keys=[self.stream_key(topic)], args=args, client=pipe)
+                results = await pipe.execute()
         reads: dict[str, HistoryRead] = {}
         for topic, (exists, max_deleted, entries) in zip(topics, results, strict=True):
             key = parse_offset(after[topic])

@@ -36,6 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from hub.backends.base import Connection
+from hub.backends.redis_client import unavailable
 
 log = logging.getLogger("hub.presence")
 
@@ -254,7 +255,8 @@ class RedisPresence:
         """Record ``conn`` (its ``replica`` must be this one's); return the user's live count."""
         self._local[conn.conn_id] = conn.user
         keys = [self._replicas_key, self._rkey(), self._ukey(conn.user)]
-        live, became = await self._add(keys=keys, args=[self.replica, conn.conn_id, conn.user])
+        with unavailable("presence add"):
+            live, became = await self._add(keys=keys, args=[self.replica, conn.conn_id, conn.user])
         if became:
             await self._fire(conn.user, True)
         return int(live)
@@ -263,14 +265,16 @@ class RedisPresence:
         """Forget ``conn`` (idempotent); return the user's remaining live count."""
         self._local.pop(conn.conn_id, None)
         keys = [self._replicas_key, self._rkey(), self._ukey(conn.user)]
-        live, went = await self._remove(keys=keys, args=[conn.conn_id])
+        with unavailable("presence remove"):
+            live, went = await self._remove(keys=keys, args=[conn.conn_id])
         if went:
             await self._fire(conn.user, False)
         return int(live)
 
     async def count(self, users: Sequence[str]) -> dict[str, int]:
         """Live connections of each user on every replica whose lease is current."""
-        return await count_users(self._redis, self._prefix, users)
+        with unavailable("presence count"):
+            return await count_users(self._redis, self._prefix, users)
 
     async def replicas(self) -> dict[str, int]:
         """Each live replica's connection count."""
