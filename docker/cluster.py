@@ -114,6 +114,7 @@ class Replica:
     log: Path
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
+    args: tuple[str, ...] = ()  # more `hub serve` flags, e.g. ("--workers", "2")
 
     @property
     def url(self) -> str:
@@ -130,7 +131,7 @@ class Replica:
         self.starts += 1
         with self.log.open("a") as out:
             out.write(f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n")
-        argv = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.proc = await _spawn(argv, {**self.env, "HUB_REPLICA_ID": self.name}, self.log)
 
     async def wait_ready(self, limit: float = 30.0) -> None:

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="HUB_LOG_LEVEL")
     serve.add_argument("--replica-id", help="HUB_REPLICA_ID")
     serve.add_argument("--history-size", type=int, help="HUB_HISTORY_SIZE (0: history off)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="replica processes sharing the port (distributed backend only)"
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     serve.set_defaults(run=_serve)
 
     publish = commands.add_parser("publish", help="publish one notification")
@@ -77,8 +81,19 @@ def _serve(args: argparse.Namespace) -> int:
         replica_id=args.replica_id,
         history_size=args.history_size,
     )
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:
+        from hub.workers import run_workers
+
+        forwarded = [
+            f"--{name.replace('_', '-')}={value}"
+            for name, value in vars(args).items()
+            if name in ("host", "port", "log_level", "history_size") and value is not None
+        ]
+        return run_workers(settings, args.workers, forwarded)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(Node(settings)))
+    asyncio.run(serve(Node(settings), reuse_port=args.reuse_port))
     return 0
 
 

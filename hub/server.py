@@ -13,6 +13,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from hub.app import create_app
 from hub.node import Node
+from hub.workers import reuse_port_socket
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -59,18 +60,25 @@ def build_server(node: Node) -> uvicorn.Server:
     return _Server(config)
 
 
-async def serve(node: Node) -> None:
+async def serve(node: Node, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then drain the sessions and stop.
 
     The drain happens before uvicorn's own shutdown, so sockets are closed with 1012
-    spread over ``HUB_DRAIN_SECONDS`` instead of all at once.
+    spread over ``HUB_DRAIN_SECONDS`` instead of all at once. With ``reuse_port`` the
+    port is bound with ``SO_REUSEPORT`` (``hub serve --workers``).
     """
     server = build_server(node)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+
+    def stop() -> None:
+        node.draining = True  # readiness turns false before anything else runs
+        stopping.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    serving = asyncio.create_task(server.serve())
+        loop.add_signal_handler(sig, stop)
+    sockets = [reuse_port_socket(node.settings.host, node.settings.port)] if reuse_port else None
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     waiting = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if waiting in done:
