@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from hub.settings import ConfigError, Settings, config_table
+from hub.topics import InvalidTopic, user_topic, validate_topic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hub: configuration error: {exc}", file=sys.stderr)
         return 2
+    except InvalidTopic as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"hub: the hub did not answer ({exc!r}); is it running? (HUB_URL / --url)", file=sys.stderr)
+        return 1
     return result
 
 
@@ -109,15 +116,20 @@ def _hub_url(args: argparse.Namespace) -> str:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    topic = user_topic(args.user) if args.user else validate_topic(args.topic)  # refuse before connecting
     amqp_url = os.environ.get("HUB_AMQP_URL")
     if amqp_url and not args.url:  # the AMQP path (DESIGN.md §4): confirmed, like any backend service
+        from aiormq.exceptions import AMQPError
+
         from hub.publisher import BlockingPublisher
 
-        with BlockingPublisher(amqp_url, exchange=os.environ.get("HUB_EXCHANGE") or "notifications") as publisher:
-            if args.user:
-                id = publisher.publish(args.user, _payload(args.data), message_id=args.id)
-            else:
-                id = publisher.publish_topic(args.topic, _payload(args.data), message_id=args.id)
+        try:
+            exchange = os.environ.get("HUB_EXCHANGE") or "notifications"
+            with BlockingPublisher(amqp_url, exchange=exchange) as publisher:
+                id = publisher.publish_topic(topic, _payload(args.data), message_id=args.id)
+        except (AMQPError, ConnectionError) as exc:
+            print(f"hub: RabbitMQ did not take the notification ({exc!r}); nothing was published", file=sys.stderr)
+            return 1
         print(json.dumps({"id": id, "offset": None}))
         return 0
     settings = Settings.from_env()

@@ -87,3 +87,15 @@ def test_cli_reports_configuration_errors() -> None:
     result = run_cli("token", "--user", "1", env={"HUB_PORT": "x"})
     assert result.returncode == 2
     assert "HUB_PORT" in result.stderr
+
+
+def test_cli_refuses_a_bad_user_id() -> None:
+    result = run_cli("publish", "--user", "a.b", "{}", env={"HUB_AMQP_URL": "amqp://127.0.0.1:1/"})
+    assert result.returncode == 2
+    assert "user id" in result.stderr
+
+
+def test_cli_says_when_the_hub_is_not_running() -> None:
+    result = run_cli("presence", "42", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "did not answer" in result.stderr
