@@ -138,6 +138,15 @@ function privateVhost(): string {
       } catch {
         // best effort: a leftover vhost holds nothing but empty test queues
       }
+      try {
+        // this run's history and presence keys (they would expire, in a day)
+        execFileSync('sh', ['-c', `redis-cli --scan --pattern 'e2e:${process.pid}:*' | xargs -r redis-cli del`], {
+          stdio: 'ignore',
+          timeout: 30_000,
+        });
+      } catch {
+        // best effort, as above
+      }
     });
     vhost = name;
   }
