@@ -224,3 +224,18 @@ async def test_active_sequencer_killed_another_takes_over() -> None:
                 if proc is not None and proc.poll() is None:
                     proc.terminate()
                     proc.wait(30)
+
+
+async def test_connect_storm_never_fails_for_want_of_redis_connections() -> None:
+    """Hundreds of sockets connecting at once share a bounded Redis pool: they wait, never 1011."""
+    async with environment() as env, run_hub("distributed", env=env, max_connections_per_user=1000) as hub:
+
+        async def one(i: int) -> str:
+            client = await hub.connect(f"storm{i % 50}", expect_connected=False)
+            frame = await client.recv(30)
+            await client.close()
+            return str(frame.get("type")) if frame["type"] == "connected" else f"{frame}"
+
+        results = await asyncio.gather(*(one(i) for i in range(400)))
+        failures = [r for r in results if r != "connected"]
+        assert not failures, f"{len(failures)} of 400 connects failed, e.g. {failures[:3]}"

@@ -10,14 +10,25 @@ from redis.exceptions import RedisError
 
 from hub.backends.base import BackendUnavailable
 
-#: Seconds before a command or a connection attempt gives up: a Redis that went silent
-#: (not just down) must not hang connects and API calls forever.
+#: Seconds before a command, a connection attempt or the wait for a free pooled
+#: connection gives up: a Redis that went silent (not just down) must not hang connects
+#: and API calls forever.
 TIMEOUT = 5.0
+#: Connections per replica. A connect storm queues for them instead of failing: redis-py's
+#: default pool refuses the 101st concurrent command ("Too many connections").
+MAX_CONNECTIONS = 64
 
 
 def connect(url: str) -> aioredis.Redis:
-    """A pooled client for ``url`` with bounded connect and command times."""
-    return aioredis.Redis.from_url(url, decode_responses=False, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    """A client for ``url`` over a bounded, blocking pool, with bounded connect and command times."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=TIMEOUT,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 @contextlib.contextmanager
