@@ -173,9 +173,7 @@ class Harness:
         t_all = max(x["t_all"] for x in replies)
         ok = sum(x["ok"] for x in replies)
         probe_rate = min(5000.0, max(200.0, len(self.users) / 2))
-        # Each publisher goes round-robin over every user at its share of the rate: the
-        # duration must let each of them reach the last user, or half the sockets get nothing.
-        probe = self.step(probe_rate, len(self.users) / probe_rate * len(self.publishers))
+        probe = self.step(probe_rate, len(self.users) / probe_rate)
         stats = [r.call({"op": "stats"}, 60) for r in self.receivers]
         with_msg = sum(s["with_msg"] for s in stats)
         last = max(s["first_ns_max"] for s in stats)
