@@ -25,6 +25,9 @@ MAX_SINCE_TOPICS: Final = 64
 
 Wire = str | bytes
 
+#: Compact UTF-8 JSON, the form of every JSON frame and stored JSON payload.
+json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 
 class ProtocolError(Exception):
     """A frame the hub refuses; ``code`` is the close code to answer with."""
@@ -58,11 +61,8 @@ class JsonCodec(Codec):
     name = JSON_SUBPROTOCOL
     binary = False
 
-    def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
     def encode(self, frame: dict[str, Any]) -> Wire:
-        return self._encoder.encode(frame)
+        return json_dumps(frame)
 
     def decode(self, data: Wire) -> dict[str, Any]:
         if not isinstance(data, str):

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
-from hub.backends.amqp_codec import dumps
 from hub.notification import new_id, now_ms
+from hub.protocol import json_dumps
 from hub.topics import InvalidTopic, user_topic, validate_topic
 
 T = TypeVar("T")
@@ -147,7 +147,7 @@ def _message(
         raise ValueError(f"expected a positive ttl in seconds, got {ttl!r}")
     id = message_id or new_id()
     message = aio_pika.Message(
-        dumps(data).encode(),
+        json_dumps(data).encode(),
         content_type="application/json",
         message_id=id,
         delivery_mode=mode,

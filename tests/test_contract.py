@@ -167,22 +167,21 @@ async def test_connected_offsets_are_a_resume_point(history_hub: RunningHub) -> 
 
 async def test_offline_notifications_wait_in_history(history_hub: RunningHub) -> None:
     hub = history_hub
-    first = await hub.connect("9")
-    resume = first.connected["offsets"]
-    await first.close()
+    resume = await _resume_point(hub, "9")
     for i in range(3):
         await hub.publish("9", i)
     client = await hub.connect("9", since=resume)
     assert [f["data"] for f in await client.notifications(3)] == [0, 1, 2]
-    assert client.connected["offsets"]["user.9"] == (await _last_offset(hub, "9"))
+    assert client.connected["offsets"] == await _resume_point(hub, "9")
     await client.close()
 
 
-async def _last_offset(hub: RunningHub, user: str) -> str:
+async def _resume_point(hub: RunningHub, user: str) -> dict[str, str]:
+    """The ``offsets`` a new connection of ``user`` gets (it connects and leaves)."""
     probe = await hub.connect(user)
-    offset: str = probe.connected["offsets"][f"user.{user}"]
+    offsets: dict[str, str] = probe.connected["offsets"]
     await probe.close()
-    return offset
+    return offsets
 
 
 async def test_since_older_than_retention_says_not_recovered(history_hub: RunningHub) -> None:
@@ -254,9 +253,7 @@ async def test_many_reconnects_deliver_everything_exactly_once(history_hub: Runn
 
 async def test_concurrent_publishing_during_connect_loses_nothing(history_hub: RunningHub) -> None:
     hub = history_hub
-    first = await hub.connect("8")
-    since = first.connected["offsets"]
-    await first.close()
+    since = await _resume_point(hub, "8")
 
     async def publisher() -> None:
         for i in range(40):

@@ -17,13 +17,11 @@ from typing import Any, Final
 import msgpack
 
 from hub.notification import Notification
-from hub.protocol import JSON, Codec, Wire
+from hub.protocol import JSON, Codec, Wire, json_dumps
 
 MSGPACK_TYPES: Final = frozenset({"application/msgpack", "application/x-msgpack"})
 JSON_TYPES: Final = frozenset({"", "application/json"})
 TEXT_PREFIX: Final = "text/"
-
-dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Unreadable(ValueError):
@@ -44,7 +42,7 @@ def decode_body(body: bytes, content_type: str | None) -> tuple[str, Any]:
         except Exception as exc:  # msgpack raises several unrelated types
             raise Unreadable(f"expected a msgpack body ({kind}), got unreadable msgpack ({exc})") from None
         try:
-            return dumps(value), value
+            return json_dumps(value), value
         except (TypeError, ValueError) as exc:
             raise Unreadable(f"expected msgpack values that JSON can carry, got {exc}") from None
     try:
@@ -58,7 +56,7 @@ def decode_body(body: bytes, content_type: str | None) -> tuple[str, Any]:
             return text, json.loads(text)
         except ValueError:
             pass  # not JSON: relayed as a string, as DESIGN.md §4 says
-    return dumps(text), text
+    return json_dumps(text), text
 
 
 def json_frame(id: str, topic: str, offset: str | None, ts: int, data_json: str) -> str:
@@ -68,10 +66,8 @@ def json_frame(id: str, topic: str, offset: str | None, ts: int, data_json: str)
     validated by the caller, so only ``id`` needs escaping.
     """
     if offset is None:
-        return f'{{"type":"notification","id":{dumps(id)},"topic":"{topic}","ts":{ts},"data":{data_json}}}'
-    return (
-        f'{{"type":"notification","id":{dumps(id)},"topic":"{topic}","offset":"{offset}","ts":{ts},"data":{data_json}}}'
-    )
+        return f'{{"type":"notification","id":{json_dumps(id)},"topic":"{topic}","ts":{ts},"data":{data_json}}}'
+    return f'{{"type":"notification","id":{json_dumps(id)},"topic":"{topic}","offset":"{offset}","ts":{ts},"data":{data_json}}}'
 
 
 class LiveNotification(Notification):

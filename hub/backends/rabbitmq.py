@@ -30,9 +30,10 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, ExchangeType
 from aiormq.abc import DeliveredMessage
 
-from hub.backends.amqp_codec import LiveNotification, decode_body, dumps, json_frame, parse_live
+from hub.backends.amqp_codec import LiveNotification, decode_body, json_frame, parse_live
 from hub.backends.base import BackendUnavailable, Receipt, SubscriptionGap, SubscriptionOverflow
 from hub.notification import Notification, new_id, now_ms
+from hub.protocol import json_dumps
 from hub.settings import Settings
 
 log = logging.getLogger("hub.rabbitmq")
@@ -330,7 +331,7 @@ class LiveBroker:
         assert self._exchange is not None
         id = message_id or new_id()
         message = aio_pika.Message(
-            json_dumps(data),
+            json_dumps(data).encode(),
             content_type="application/json",
             message_id=id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -354,11 +355,6 @@ class LiveBroker:
             slot.subscriptions.pop(subscription.queue, None)
             raise BackendUnavailable(f"could not open a live queue: {exc!r}") from exc
         return subscription
-
-
-def json_dumps(data: Any) -> bytes:
-    """A payload as compact UTF-8 JSON."""
-    return dumps(data).encode()
 
 
 def _parse_live(message: DeliveredMessage) -> Notification:

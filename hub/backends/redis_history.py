@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from hub.backends.base import HistoryRead
 from hub.backends.redis_client import unavailable
 from hub.notification import Notification, now_ms
+from hub.protocol import json_dumps
 from hub.topics import ZERO_OFFSET, parse_offset
 
 JSON_KIND = b"j"
@@ -154,7 +155,7 @@ class RedisHistory:
         return [(offset.decode(), bool(dup)) for offset, dup in result]
 
     async def append(self, topic: str, id: str, ts: int, data: Any) -> tuple[str, bool]:
-        encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        encoded = json_dumps(data).encode()
         return (await self.append_batch([(topic, id, ts, JSON_KIND, encoded)]))[0]
 
     async def latest(self, topics: Sequence[str]) -> dict[str, str]:
