@@ -67,7 +67,10 @@ def json_frame(id: str, topic: str, offset: str | None, ts: int, data_json: str)
     """
     if offset is None:
         return f'{{"type":"notification","id":{json_dumps(id)},"topic":"{topic}","ts":{ts},"data":{data_json}}}'
-    return f'{{"type":"notification","id":{json_dumps(id)},"topic":"{topic}","offset":"{offset}","ts":{ts},"data":{data_json}}}'
+    return (
+        f'{{"type":"notification","id":{json_dumps(id)},"topic":"{topic}",'
+        f'"offset":"{offset}","ts":{ts},"data":{data_json}}}'
+    )
 
 
 class LiveNotification(Notification):
