@@ -34,6 +34,9 @@ class Settings:
     redis_url: str | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 5.0
     api_key: str | None = None
     allowed_origins: tuple[str, ...] = ()
     replica_id: str = ""
@@ -41,6 +44,8 @@ class Settings:
     history_ttl: int = 86_400
     presence_ttl: int = 30
     auth_timeout: float = 5.0
+    backend_timeout: float = 3.0
+    send_timeout: float = 10.0
     drain_seconds: float = 10.0
     ping_interval: float = 25.0
     max_frame_size: int = 65_536
@@ -48,6 +53,8 @@ class Settings:
     max_connections_per_user: int = 32
     socket_queue_size: int = 1000
     prefetch: int = 256
+    ingest_max_length: int = 1_000_000
+    delivery_limit: int = 5
     exchange: str = "notifications"
     live_exchange: str = "notifications.live"
     ingest_queue: str = "hub.ingest"
@@ -105,6 +112,10 @@ class Settings:
             "port",
             "presence_ttl",
             "auth_timeout",
+            "backend_timeout",
+            "send_timeout",
+            "ingest_max_length",
+            "delivery_limit",
             "ping_interval",
             "max_frame_size",
             "max_frame_rate",
@@ -115,7 +126,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"HUB_{name.upper()} must be positive, got {getattr(self, name)}")
-        for name in ("history_size", "history_ttl", "drain_seconds"):
+        for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"HUB_{name.upper()} must not be negative, got {getattr(self, name)}")
         changes: dict[str, Any] = {}
@@ -168,6 +179,9 @@ FIELDS: dict[str, str] = {
     "redis_url": "Redis URL; with `HUB_AMQP_URL` selects the distributed backend",
     "jwt_secret": "HS256 secret for tokens (embedded default: an insecure development secret)",
     "jwt_public_key": "PEM public key, or a path to one, for RS256/ES256 tokens",
+    "jwt_audience": "required `aud` claim (unset: a token with any `aud` is refused)",
+    "jwt_issuer": "required `iss` claim (unset: `iss` is not checked)",
+    "jwt_leeway": "seconds of clock skew allowed on `exp`, `nbf` and `iat`",
     "api_key": "bearer key for `/api/` routes (embedded default: an insecure development key)",
     "allowed_origins": "comma-separated Origin allow-list for `/ws` (unset: any origin)",
     "replica_id": "this replica's id (default: `<hostname>:<port>`)",
@@ -175,6 +189,8 @@ FIELDS: dict[str, str] = {
     "history_ttl": "seconds a notification stays in history",
     "presence_ttl": "seconds before a silent replica's connections stop counting",
     "auth_timeout": "seconds a new socket has to send its `connect` frame",
+    "backend_timeout": "seconds any RabbitMQ or Redis call on a request path may take (then 1013 / 503)",
+    "send_timeout": "seconds one write to a socket may take before the socket is aborted",
     "drain_seconds": "on SIGTERM, seconds over which open sockets are closed with 1012",
     "ping_interval": "seconds between `ping` frames",
     "max_frame_size": "largest client frame in bytes (larger: close 1009)",
@@ -182,6 +198,8 @@ FIELDS: dict[str, str] = {
     "max_connections_per_user": "open sockets per user across the deployment (over: close 4008)",
     "socket_queue_size": "notifications waiting per socket before it is closed with 1013",
     "prefetch": "unacknowledged notifications in flight per socket",
+    "ingest_max_length": "messages `hub.ingest` holds at most (older overflow to `hub.dead`)",
+    "delivery_limit": "deliveries of one ingest message before it is dead-lettered",
     "exchange": "the publishers' topic exchange",
     "live_exchange": "the sequenced-notifications exchange the sockets bind on",
     "ingest_queue": "the sequencer's durable queue",

@@ -1,0 +1,134 @@
+"""Payload values from outside, parsed strictly (docs/protocol.md §4, §8).
+
+Everything a publisher or a client sends is hostile until checked here. A value the
+hub accepts can be encoded to JSON text that every ``JSON.parse`` reads back, and to
+msgpack, without an exception on any later hop:
+
+- no ``NaN``, ``Infinity`` or ``-Infinity`` (``JSON.parse`` throws on them);
+- no lone surrogates in strings or keys (``"\\ud800"``: not encodable as UTF-8, so a
+  socket write would fail for every socket of the user);
+- map keys are strings (JSON cannot carry others);
+- nesting at most ``MAX_DEPTH`` deep (recursive encoders and decoders overflow the
+  stack on deep input; real notifications are a few levels deep);
+- only JSON types: maps, lists, strings, numbers, booleans, null (msgpack ``bin``
+  and extension types are refused).
+
+``loads_json`` and ``loads_msgpack`` raise ``BadPayload`` with what was expected and
+what came; nothing else escapes them. ``dumps_json`` is the one compact JSON encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from itertools import accumulate
+from typing import Any, Final
+
+import msgpack
+
+MAX_DEPTH: Final = 32
+
+#: Compact UTF-8 JSON, the form of every JSON frame and stored JSON payload.
+dumps_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class BadPayload(ValueError):
+    """A payload the hub refuses; the message says what was expected and what came."""
+
+
+def _no_constant(name: str) -> Any:
+    raise BadPayload(f"expected finite numbers, got {name}")
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def loads_json(text: str | bytes) -> Any:
+    """Parse JSON text (UTF-8 when bytes) into a checked value, or raise BadPayload."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadPayload(f"expected UTF-8 JSON text, got {exc}") from None
+    if _too_deep(text):
+        raise BadPayload(f"expected JSON nested at most {MAX_DEPTH} deep")
+    try:
+        value = _decoder.decode(text)
+    except BadPayload:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise BadPayload(f"expected JSON, got unreadable JSON ({exc})") from None
+    check(value)
+    return value
+
+
+def loads_msgpack(data: bytes) -> Any:
+    """Parse a msgpack document into a checked value, or raise BadPayload."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0)
+    except BadPayload:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types, RecursionError included
+        raise BadPayload(f"expected msgpack, got unreadable msgpack ({type(exc).__name__}: {exc})") from None
+    check(value)
+    return value
+
+
+def check(value: Any) -> None:
+    """Raise BadPayload unless ``value`` is a JSON value within the rules of this module.
+
+    Iterative (no recursion), so a value built deeper than the stack allows is refused,
+    not crashed on.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        kind = type(item)
+        if kind is str:
+            _check_text(item)
+        elif kind is int or item is None or kind is bool:
+            continue
+        elif kind is float:
+            if not math.isfinite(item):
+                raise BadPayload(f"expected finite numbers, got {item!r}")
+        elif kind is dict or kind is list:
+            if depth > MAX_DEPTH:
+                raise BadPayload(f"expected values nested at most {MAX_DEPTH} deep")
+            if kind is dict:
+                for key, child in item.items():
+                    if type(key) is not str:
+                        raise BadPayload(f"expected string map keys, got {type(key).__name__}")
+                    _check_text(key)
+                    push((child, depth + 1))
+            else:
+                for child in item:
+                    push((child, depth + 1))
+        elif kind is tuple:  # msgpack never yields tuples; Python callers might pass one
+            push((list(item), depth))
+        else:
+            raise BadPayload(f"expected a JSON value, got {kind.__name__}")
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadPayload("expected text without lone surrogates (\\ud800-\\udfff)") from None
+
+
+def _too_deep(text: str) -> bool:
+    """True when brackets nest past ``MAX_DEPTH`` outside strings: a pre-check, so the
+    C decoder never recurses on hostile input (it would raise RecursionError only at
+    about 1,000 levels, after using that much stack)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    brackets = _BRACKETS.findall(_STRINGS.sub("", text))
+    return max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0) > MAX_DEPTH
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
