@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -84,24 +84,25 @@ def scrub(message: str, settings: Settings) -> str:
     return " ".join(message.split())
 
 
-@contextlib.contextmanager
-def quiet_libraries(settings: Settings) -> Iterator[None]:
-    """Silence the connection chatter of ``CHATTY_LIBRARIES`` (unless ``HUB_LOG_LEVEL=debug``).
+def quiet_libraries(settings: Settings) -> Callable[[], None]:
+    """Silence the connection chatter of ``CHATTY_LIBRARIES`` (unless ``HUB_LOG_LEVEL=debug``);
+    return the function that restores their levels.
 
-    For a process running one replica (``hub serve``): levels are process-wide.
+    For a process running one replica (``hub serve``): levels are process-wide. After a
+    failed start, leave them quiet: the process exits with its one line.
     """
     if settings.log_level == "debug":
-        yield
-        return
+        return lambda: None
     loggers = [logging.getLogger(name) for name in CHATTY_LIBRARIES]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+    return restore
 
 
 def _services(settings: Settings) -> str:
