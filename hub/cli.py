@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from hub.payload import BadPayload, loads_json
+from hub.payload import BadPayload, dumps_json, loads_json
 from hub.settings import ConfigError, Settings, config_table, effective_table
 from hub.topics import InvalidTopic, user_topic, validate_topic
 
@@ -166,7 +166,7 @@ def _publish(args: argparse.Namespace) -> int:
             print(f"hub: RabbitMQ did not take the notification ({exc!r}); nothing was published", file=sys.stderr)
             return EXIT_REFUSED
         # Sequencing happens after the hand-over: no offset yet (docs/protocol.md §8).
-        print(json.dumps({"id": id, "topic": topic, "offset": None}))
+        print(dumps_json({"id": id, "topic": topic, "offset": None}))
         return 0
     body: dict[str, Any] = {"topic": topic, "data": data}
     if args.id:
@@ -182,7 +182,7 @@ def _publish(args: argparse.Namespace) -> int:
     shown = {"id": answer["id"], "topic": answer["topic"], "offset": answer["offset"]}
     if answer.get("duplicate"):
         shown["duplicate"] = True
-    print(json.dumps(shown))
+    print(dumps_json(shown))
     return 0
 
 
@@ -209,7 +209,7 @@ def _presence(args: argparse.Namespace) -> int:
         except RedisError as exc:
             print(f"hub: Redis did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)
             return EXIT_REFUSED
-        print(json.dumps({"users": {u: {"online": c > 0, "connections": c} for u, c in counts.items()}}))
+        print(dumps_json({"users": {u: {"online": c > 0, "connections": c} for u, c in counts.items()}}))
         return 0
     response = httpx.get(
         (args.url or settings.client_url).rstrip("/") + "/api/presence",
@@ -218,7 +218,7 @@ def _presence(args: argparse.Namespace) -> int:
     )
     if not response.is_success:
         return _refused(response)
-    print(json.dumps(response.json()))
+    print(dumps_json(response.json()))
     return 0
 
 
