@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,13 +15,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from hub.backends.base import BackendUnavailable
+from hub.http_api import HttpError, guarded, parse_publish, read_body
 from hub.node import Node
 from hub.protocol import choose_codec
 from hub.session import Receive, Scope, Send, Session
 from hub.settings import Settings
-from hub.topics import InvalidTopic, user_topic, validate_topic, validate_user_id
+from hub.startup import start_node
+from hub.topics import InvalidTopic, validate_user_id
 
-MAX_PUBLISH_BODY = 1_048_576
 MAX_BULK_USERS = 1000
 STATIC = Path(__file__).parent / "static"
 
@@ -75,43 +75,42 @@ def _starlette(node: Node) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await node.start()
+        if not node.started:  # ``hub serve`` starts it before uvicorn, to fail with one line
+            await start_node(node)
         try:
             yield
         finally:
             await node.close()
 
-    def authorized(request: Request) -> bool:
+    def require_key(request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         assert settings.api_key is not None
-        return scheme.lower() == "bearer" and secrets.compare_digest(key.encode(), settings.api_key.encode())
+        if scheme.lower() != "bearer" or not secrets.compare_digest(key.encode(), settings.api_key.encode()):
+            raise HttpError(401, "expected 'Authorization: Bearer <HUB_API_KEY>'")
 
     async def publish(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "expected 'Authorization: Bearer <HUB_API_KEY>'")
+        require_key(request)
         return await _publish(node, request)
 
     async def presence(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "expected 'Authorization: Bearer <HUB_API_KEY>'")
+        require_key(request)
         return await _presence_one(node, request.path_params["user"])
 
     async def presence_many(request: Request) -> Response:
-        if not authorized(request):
-            return _error(401, "expected 'Authorization: Bearer <HUB_API_KEY>'")
+        require_key(request)
         users = [u for part in request.query_params.getlist("user") for u in part.split(",") if u]
         if not users or len(users) > MAX_BULK_USERS:
-            return _error(400, f"expected 1 to {MAX_BULK_USERS} users as ?user=1&user=2 or ?user=1,2")
+            raise HttpError(400, f"expected 1 to {MAX_BULK_USERS} users as ?user=1&user=2 or ?user=1,2")
         try:
             for user in users:
                 validate_user_id(user)
         except InvalidTopic as exc:
-            return _error(400, str(exc))
+            raise HttpError(400, str(exc)) from None
         try:
             counts = await node.backend.presence.count(users)
         except BackendUnavailable as exc:
-            return _error(503, f"presence is unavailable, try again: {exc}")
+            raise HttpError(503, f"presence is unavailable, try again: {exc}") from None
         return JSONResponse({"users": {u: {"online": c > 0, "connections": c} for u, c in counts.items()}})
 
     async def healthz(request: Request) -> Response:
@@ -127,12 +126,12 @@ def _starlette(node: Node) -> Starlette:
         return Response(node.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes: list[Any] = [
-        Route("/api/publish", publish, methods=["POST"]),
-        Route("/api/presence", presence_many, methods=["GET"]),
-        Route("/api/presence/{user}", presence, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/publish", guarded(publish), methods=["POST"]),
+        Route("/api/presence", guarded(presence_many), methods=["GET"]),
+        Route("/api/presence/{user}", guarded(presence), methods=["GET"]),
+        Route("/healthz", guarded(healthz), methods=["GET"]),
+        Route("/readyz", guarded(readyz), methods=["GET"]),
+        Route("/metrics", guarded(metrics), methods=["GET"]),
     ]
     if settings.demo_enabled:
         routes += _demo_routes(node)
@@ -140,13 +139,17 @@ def _starlette(node: Node) -> Starlette:
 
 
 def _demo_routes(node: Node) -> list[Any]:
-    """Token minting and publishing without an API key: for the demo page, never production."""
+    """Token minting and publishing without an API key: for the demo page, never production.
+
+    On only while the hub runs on development credentials, or with ``HUB_DEMO=1``
+    (``Settings.demo_enabled``).
+    """
 
     async def token(request: Request) -> Response:
         try:
             user = validate_user_id(request.query_params.get("user", ""))
         except InvalidTopic as exc:
-            return _error(400, str(exc))
+            raise HttpError(400, str(exc)) from None
         return JSONResponse({"token": node.auth.mint(user, ttl=3600)})
 
     async def publish(request: Request) -> Response:
@@ -156,9 +159,9 @@ def _demo_routes(node: Node) -> list[Any]:
         return await _presence_one(node, request.path_params["user"])
 
     routes: list[Any] = [
-        Route("/demo/token", token, methods=["GET"]),
-        Route("/demo/publish", publish, methods=["POST"]),
-        Route("/demo/presence/{user}", presence, methods=["GET"]),
+        Route("/demo/token", guarded(token), methods=["GET"]),
+        Route("/demo/publish", guarded(publish), methods=["POST"]),
+        Route("/demo/presence/{user}", guarded(presence), methods=["GET"]),
     ]
     demo_dir = STATIC / "demo"
     if demo_dir.is_dir():
@@ -167,35 +170,15 @@ def _demo_routes(node: Node) -> list[Any]:
 
 
 async def _publish(node: Node, request: Request) -> Response:
-    """``POST {"user"|"topic", "data", "id"?, "ttl"?}`` → ``{"id", "offset"}``."""
-    body = await request.body()
-    if len(body) > MAX_PUBLISH_BODY:
-        return _error(413, f"expected a body of at most {MAX_PUBLISH_BODY} bytes, got {len(body)}")
+    """``POST {"user"|"topic", "data", "id"?, "ttl"?}`` → ``{"id", "topic", "offset"}`` (docs/protocol.md §8)."""
+    publish = parse_publish(await read_body(request))
     try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        return _error(400, f"expected a JSON body, got unreadable JSON ({exc})")
-    if not isinstance(payload, dict):
-        return _error(400, f"expected a JSON object, got {type(payload).__name__}")
-    if ("user" in payload) == ("topic" in payload):
-        return _error(400, "expected exactly one of 'user' or 'topic'")
-    if "data" not in payload:
-        return _error(400, "expected a 'data' field (any JSON value)")
-    message_id = payload.get("id")
-    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= 128):
-        return _error(400, "expected 'id' to be a string of 1 to 128 characters")
-    ttl = payload.get("ttl")
-    if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0):
-        return _error(400, "expected 'ttl' to be a positive number of seconds")
-    try:
-        topic = user_topic(payload["user"]) if "user" in payload else validate_topic(payload["topic"])
-    except InvalidTopic as exc:
-        return _error(400, str(exc))
-    try:
-        receipt = await node.publish(topic, payload["data"], message_id=message_id, ttl=ttl, source="http")
+        receipt = await node.publish(
+            publish.topic, publish.data, message_id=publish.message_id, ttl=publish.ttl, source="http"
+        )
     except BackendUnavailable as exc:
-        return _error(503, f"not accepted, try again: {exc}")
-    answer: dict[str, Any] = {"id": receipt.id, "topic": topic, "offset": receipt.offset}
+        raise HttpError(503, f"not accepted, try again: {exc}") from None
+    answer: dict[str, Any] = {"id": receipt.id, "topic": publish.topic, "offset": receipt.offset}
     if receipt.duplicate:
         answer["duplicate"] = True
     return JSONResponse(answer)
@@ -205,13 +188,9 @@ async def _presence_one(node: Node, user: str) -> Response:
     try:
         validate_user_id(user)
     except InvalidTopic as exc:
-        return _error(400, str(exc))
+        raise HttpError(400, str(exc)) from None
     try:
         count = (await node.backend.presence.count([user]))[user]
     except BackendUnavailable as exc:
-        return _error(503, f"presence is unavailable, try again: {exc}")
+        raise HttpError(503, f"presence is unavailable, try again: {exc}") from None
     return JSONResponse({"user": user, "online": count > 0, "connections": count})
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)

@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from hub.notification import new_id, now_ms
 from hub.protocol import json_dumps
+from hub.settings import DEFAULTS, ConfigError, Settings
 from hub.topics import InvalidTopic, user_topic, validate_topic
 
 T = TypeVar("T")
@@ -37,16 +38,19 @@ class Publisher:
     Every ``publish*`` returns once RabbitMQ confirmed the message (it is then durable in
     ``hub.ingest``), or raises (``InvalidTopic`` for a bad user id or topic, an aio-pika
     error when the broker refused or the connection is down).
+
+    Build it from the hub's configuration with ``Publisher.from_settings(Settings.from_env(serving=False))``
+    or with explicit values; the defaults are the hub's (``hub.settings.DEFAULTS``).
     """
 
     def __init__(
         self,
         url: str,
         *,
-        exchange: str = "notifications",
+        exchange: str = DEFAULTS.exchange,
         persistent: bool = True,
         redis_url: str | None = None,
-        redis_prefix: str = "hub:",
+        redis_prefix: str = DEFAULTS.redis_prefix,
     ) -> None:
         self._url = url
         self._redis_url, self._redis_prefix = redis_url, redis_prefix  # for is_online / online_many
@@ -55,6 +59,12 @@ class Publisher:
         self._delivery_mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, persistent: bool = True) -> Publisher:
+        """A publisher for ``settings``' RabbitMQ (``HUB_AMQP_URL``) and exchange, with presence
+        queries on its Redis when ``HUB_REDIS_URL`` is set. Raises ConfigError without an AMQP URL."""
+        return cls(_amqp_url(settings), **_keywords(settings), persistent=persistent)
 
     async def connect(self) -> None:
         """Open the connection and a confirming channel; the exchange must exist (the hub declares it)."""
@@ -168,11 +178,11 @@ class BlockingPublisher:
         self,
         url: str,
         *,
-        exchange: str = "notifications",
+        exchange: str = DEFAULTS.exchange,
         persistent: bool = True,
         timeout: float = 30.0,
         redis_url: str | None = None,
-        redis_prefix: str = "hub:",
+        redis_prefix: str = DEFAULTS.redis_prefix,
     ) -> None:
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
@@ -186,6 +196,15 @@ class BlockingPublisher:
         except BaseException:
             self._stop()
             raise
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, persistent: bool = True, timeout: float | None = None
+    ) -> BlockingPublisher:
+        """See ``Publisher.from_settings``; ``timeout`` (each call's deadline) defaults to
+        ``HUB_BACKEND_TIMEOUT``."""
+        timeout = settings.backend_timeout if timeout is None else timeout
+        return cls(_amqp_url(settings), **_keywords(settings), persistent=persistent, timeout=timeout)
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._timeout)
@@ -228,3 +247,13 @@ class BlockingPublisher:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _amqp_url(settings: Settings) -> str:
+    if not settings.amqp_url:
+        raise ConfigError("publishing over AMQP needs HUB_AMQP_URL")
+    return settings.amqp_url
+
+
+def _keywords(settings: Settings) -> dict[str, Any]:
+    return {"exchange": settings.exchange, "redis_url": settings.redis_url, "redis_prefix": settings.redis_prefix}

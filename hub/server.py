@@ -1,10 +1,12 @@
-"""Running a replica: uvicorn configured for the hub, with a drain on SIGTERM (DESIGN.md §7)."""
+"""Running a replica: uvicorn configured for the hub, with a drain on SIGTERM (docs/protocol.md §7)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from hub.app import create_app
 from hub.node import Node
-from hub.workers import reuse_port_socket
+from hub.startup import StartupError, quiet_libraries, start_node
+from hub.workers import listening_socket
+
+log = logging.getLogger("hub.server")
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -63,10 +68,51 @@ def build_server(node: Node) -> uvicorn.Server:
 async def serve(node: Node, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then drain the sessions and stop.
 
-    The drain happens before uvicorn's own shutdown, so sockets are closed with 1012
-    spread over ``HUB_DRAIN_SECONDS`` instead of all at once. With ``reuse_port`` the
-    port is bound with ``SO_REUSEPORT`` (``hub serve --workers``).
+    Before uvicorn says a word, the port is bound and the backend started (within
+    ``hub.startup.startup_timeout``); when either fails, StartupError says why in one
+    line. The drain happens before uvicorn's own shutdown, so sockets are closed with
+    1012 spread over ``HUB_DRAIN_SECONDS`` instead of all at once. With ``reuse_port``
+    the port is bound with ``SO_REUSEPORT`` (``hub serve --workers``).
     """
+    settings = node.settings
+    try:
+        sock = listening_socket(settings.host, settings.port, reuse_port=reuse_port)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    with sock:
+        restore_logging = quiet_libraries(settings)
+        await start_node(node)
+        restore_logging()
+        await _serve_started(node, sock)
+
+
+def run(node: Node, *, reuse_port: bool = False) -> None:
+    """``serve`` on a new event loop, for ``hub serve``; raises StartupError when it cannot start.
+
+    Unlike ``asyncio.run``, the exit cannot be held by a task that survives cancellation
+    (aio-pika's reconnect loop does, after a start that timed out): leftovers get
+    ``HUB_BACKEND_TIMEOUT`` to finish, then the loop closes without them.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(serve(node, reuse_port=reuse_port))
+    finally:
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=node.settings.backend_timeout))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        if all(task.done() for task in leftovers):
+            loop.close()
+        else:
+            # Abandoned on purpose: their cleanup (run when the process collects them) may
+            # still schedule callbacks, which needs a loop that is not closed, and their
+            # "destroyed but pending" report is expected.
+            loop.set_exception_handler(lambda loop, context: log.debug("at exit: %s", context.get("message")))
+
+
+async def _serve_started(node: Node, sock: socket.socket) -> None:
     server = build_server(node)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -77,8 +123,7 @@ async def serve(node: Node, *, reuse_port: bool = False) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    sockets = [reuse_port_socket(node.settings.host, node.settings.port)] if reuse_port else None
-    serving = asyncio.create_task(server.serve(sockets=sockets))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     waiting = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if waiting in done:
@@ -89,4 +134,5 @@ async def serve(node: Node, *, reuse_port: bool = False) -> None:
         waiting.cancel()
         serving.result()
         if not server.started:
-            raise SystemExit(3)  # uvicorn could not start (port taken, backend unreachable)
+            await node.close()
+            raise StartupError("uvicorn could not start (see its log above)")

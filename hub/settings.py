@@ -1,17 +1,21 @@
 """Configuration: ``HUB_*`` environment variables, overridden by ``hub serve`` flags.
 
-Every setting is documented in ``FIELDS`` below; the README's configuration table is
-generated from the same text (``hub config``), so the two cannot drift apart.
+Every setting is documented next to its field (``metadata["doc"]``); ``hub config``
+prints that text as the README's configuration table, and ``hub config --effective``
+the values in force. Everything downstream takes ``Settings`` (or explicit values):
+nothing else reads ``HUB_*`` from the environment.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from hub.topics import InvalidTopic, validate_topic
 
@@ -23,45 +27,70 @@ class ConfigError(ValueError):
     """A setting with a value the hub cannot use; the message names the variable."""
 
 
+def _setting(default: Any, doc: str, *, secret: bool = False, url: bool = False) -> Any:
+    """A field with its documentation; ``secret`` and ``url`` say how ``hub config --effective`` masks it."""
+    return field(default=default, metadata={"doc": doc, "secret": secret, "url": url})
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The hub's configuration; build it with ``Settings.from_env``."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    log_level: str = "info"
-    amqp_url: str | None = None
-    redis_url: str | None = None
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_leeway: float = 5.0
-    api_key: str | None = None
-    allowed_origins: tuple[str, ...] = ()
-    replica_id: str = ""
-    history_size: int = 1000
-    history_ttl: int = 86_400
-    presence_ttl: int = 30
-    auth_timeout: float = 5.0
-    backend_timeout: float = 3.0
-    send_timeout: float = 10.0
-    drain_seconds: float = 10.0
-    ping_interval: float = 25.0
-    max_frame_size: int = 65_536
-    max_frame_rate: float = 20.0
-    max_connections_per_user: int = 32
-    socket_queue_size: int = 1000
-    prefetch: int = 256
-    ingest_max_length: int = 1_000_000
-    delivery_limit: int = 5
-    exchange: str = "notifications"
-    live_exchange: str = "notifications.live"
-    ingest_queue: str = "hub.ingest"
-    dead_letter: str = "hub.dead"
-    presence_exchange: str = "hub.presence"
-    redis_prefix: str = "hub:"
-    demo: bool | None = None
+    host: str = _setting("127.0.0.1", "interface to listen on (`0.0.0.0` in containers; needs real credentials)")
+    port: int = _setting(8080, "TCP port")
+    log_level: str = _setting("info", "`debug`, `info`, `warning` or `error`")
+    amqp_url: str | None = _setting(
+        None, "RabbitMQ URL; with `HUB_REDIS_URL` selects the distributed backend", url=True
+    )
+    redis_url: str | None = _setting(None, "Redis URL; with `HUB_AMQP_URL` selects the distributed backend", url=True)
+    jwt_secret: str | None = _setting(
+        None, "HS256 secret for tokens (embedded default: an insecure development secret)", secret=True
+    )
+    jwt_public_key: str | None = _setting(None, "PEM public key, or a path to one, for RS256 (RSA) or ES256 (P-256)")
+    jwt_audience: str | None = _setting(None, "required `aud` claim (unset: a token with any `aud` is refused)")
+    jwt_issuer: str | None = _setting(None, "required `iss` claim (unset: `iss` is not checked)")
+    jwt_leeway: float = _setting(5.0, "seconds of clock skew allowed on `exp`, `nbf` and `iat`")
+    api_key: str | None = _setting(
+        None, "bearer key for `/api/` routes (embedded default: an insecure development key)", secret=True
+    )
+    allowed_origins: tuple[str, ...] = _setting((), "comma-separated Origin allow-list for `/ws` (unset: any origin)")
+    replica_id: str = _setting("", "this replica's id (default: `<hostname>:<port>`)")
+    history_size: int = _setting(1000, "notifications kept per topic for recovery; `0` turns history off")
+    history_ttl: int = _setting(86_400, "seconds a notification stays in history")
+    presence_ttl: int = _setting(30, "seconds before a silent replica's connections stop counting")
+    auth_timeout: float = _setting(5.0, "seconds a new socket has to send its `connect` frame")
+    backend_timeout: float = _setting(
+        3.0, "seconds any RabbitMQ or Redis call on a request path may take (then 1013 / 503)"
+    )
+    send_timeout: float = _setting(10.0, "seconds one write to a socket may take before the socket is aborted")
+    drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which open sockets are closed with 1012")
+    ping_interval: float = _setting(25.0, "seconds between `ping` frames")
+    max_frame_size: int = _setting(65_536, "largest client frame in bytes (larger: close 1009)")
+    max_frame_rate: float = _setting(
+        20.0, "client frames per second per socket, burst of twice that (over: close 4008)"
+    )
+    max_connections_per_user: int = _setting(32, "open sockets per user across the deployment (over: close 4008)")
+    socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
+    prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
+    ingest_max_length: int = _setting(1_000_000, "messages `hub.ingest` holds at most (older overflow to `hub.dead`)")
+    delivery_limit: int = _setting(5, "deliveries of one ingest message before it is dead-lettered")
+    exchange: str = _setting("notifications", "the publishers' topic exchange")
+    live_exchange: str = _setting("notifications.live", "the sequenced-notifications exchange the sockets bind on")
+    ingest_queue: str = _setting("hub.ingest", "the sequencer's durable queue")
+    dead_letter: str = _setting("hub.dead", "exchange and queue for unreadable messages")
+    presence_exchange: str = _setting(
+        "hub.presence", "topic exchange of `presence.online.<id>` / `presence.offline.<id>` events"
+    )
+    redis_prefix: str = _setting("hub:", "prefix of every Redis key")
+    demo: bool | None = _setting(
+        None, "serve `/demo/` and its token/publish helpers (default: on only with development credentials)"
+    )
+    url: str | None = _setting(
+        None,
+        "base URL of the hub `hub publish` and `hub presence` call over HTTP (default: `http://127.0.0.1:<HUB_PORT>`)",
+        url=True,
+    )
+    #: The variables that fell back to an insecure development default (logged loudly).
     dev_defaults: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -76,81 +105,139 @@ class Settings:
 
     @property
     def demo_enabled(self) -> bool:
-        """The demo page and its helper endpoints: on by default only in embedded mode."""
-        return (not self.distributed) if self.demo is None else self.demo
+        """The demo page and its helper endpoints (``/demo/token`` mints tokens with the
+        secret, ``/demo/publish`` needs no key): on by default only while both the JWT
+        secret and the API key are development defaults, since either route would
+        otherwise give away a real credential; ``HUB_DEMO`` decides explicitly."""
+        if self.demo is not None:
+            return self.demo
+        return {"HUB_JWT_SECRET", "HUB_API_KEY"} <= set(self.dev_defaults)
+
+    @property
+    def client_url(self) -> str:
+        """The base URL the CLI's HTTP commands use: ``HUB_URL``, else this host's port on loopback."""
+        return (self.url or f"http://127.0.0.1:{self.port}").rstrip("/")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, serving: bool = True, **overrides: Any) -> Settings:
         """Read ``HUB_*`` variables, apply non-None ``overrides``, check and complete the result.
 
-        Raises ConfigError naming the variable when a value is unusable. In embedded
-        mode a missing JWT secret or API key falls back to a development default
-        (listed in ``dev_defaults``, to be logged loudly); in distributed mode both are
-        required.
+        Raises ConfigError naming the variable when a value is unusable. Without RabbitMQ
+        and Redis, a missing JWT secret or API key falls back to a development default
+        (listed in ``dev_defaults``, to be logged loudly). With ``serving`` (a replica
+        about to run) the rules of a running hub apply too: both URLs or neither, real
+        credentials with the distributed backend and on any non-loopback address. The
+        CLI's client commands pass ``serving=False``: they check only what they use.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "dev_defaults":
-                continue
-            raw = env.get("HUB_" + f.name.upper())
+        for f in documented_fields():
+            raw = env.get(env_name(f.name))
             if raw is not None and raw != "":
-                values[f.name] = _convert(f.name, raw, FIELD_TYPES[f.name])
+                values[f.name] = _convert(f.name, raw, str(f.type))
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        return settings._completed()
+        return cls(**values)._completed(serving)
 
-    def _completed(self) -> Settings:
-        if bool(self.amqp_url) != bool(self.redis_url):
+    def _completed(self, serving: bool) -> Settings:
+        if serving and bool(self.amqp_url) != bool(self.redis_url):
             raise ConfigError("set both HUB_AMQP_URL and HUB_REDIS_URL (distributed) or neither (embedded)")
-        for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
-            try:
-                validate_topic(getattr(self, name))
-            except InvalidTopic as exc:
-                raise ConfigError(f"HUB_{name.upper()}: {exc}") from None
-        positive = (
-            "port",
-            "presence_ttl",
-            "auth_timeout",
-            "backend_timeout",
-            "send_timeout",
-            "ingest_max_length",
-            "delivery_limit",
-            "ping_interval",
-            "max_frame_size",
-            "max_frame_rate",
-            "max_connections_per_user",
-            "socket_queue_size",
-            "prefetch",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"HUB_{name.upper()} must be positive, got {getattr(self, name)}")
-        for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"HUB_{name.upper()} must not be negative, got {getattr(self, name)}")
+        self._check_values()
         changes: dict[str, Any] = {}
         dev: list[str] = []
+        embedded = not (self.amqp_url or self.redis_url)
         if not self.jwt_secret and not self.jwt_public_key:
-            if self.distributed:
+            if embedded:
+                changes["jwt_secret"] = DEV_JWT_SECRET
+                dev.append("HUB_JWT_SECRET")
+            elif serving:
                 raise ConfigError("set HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY (required with the distributed backend)")
-            changes["jwt_secret"] = DEV_JWT_SECRET
-            dev.append("HUB_JWT_SECRET")
         if not self.api_key:
-            if self.distributed:
+            if embedded:
+                changes["api_key"] = DEV_API_KEY
+                dev.append("HUB_API_KEY")
+            elif serving:
                 raise ConfigError("set HUB_API_KEY (required with the distributed backend)")
-            changes["api_key"] = DEV_API_KEY
-            dev.append("HUB_API_KEY")
+        if serving and dev and not is_loopback(self.host):
+            raise ConfigError(
+                f"{' and '.join(dev)} unset: development credentials are refused on HUB_HOST={self.host!r}, "
+                "which is not a loopback address; set HUB_JWT_SECRET (or HUB_JWT_PUBLIC_KEY) and HUB_API_KEY"
+            )
+        if serving and self.demo and not (self.jwt_secret or changes.get("jwt_secret")):
+            raise ConfigError("HUB_DEMO=1 needs HUB_JWT_SECRET: the demo page mints HS256 tokens")
         if not self.replica_id:
             changes["replica_id"] = f"{socket.gethostname()}:{self.port}"
         return dataclasses.replace(self, **changes, dev_defaults=tuple(dev))
 
+    def _check_values(self) -> None:
+        for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
+            try:
+                validate_topic(getattr(self, name))
+            except InvalidTopic as exc:
+                raise ConfigError(f"{env_name(name)}: {exc}") from None
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
+        for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{env_name(name)} must not be negative, got {getattr(self, name)}")
 
-FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in dataclasses.fields(Settings) if f.name != "dev_defaults"}
+
+_POSITIVE = (
+    "port",
+    "presence_ttl",
+    "auth_timeout",
+    "backend_timeout",
+    "send_timeout",
+    "ingest_max_length",
+    "delivery_limit",
+    "ping_interval",
+    "max_frame_size",
+    "max_frame_rate",
+    "max_connections_per_user",
+    "socket_queue_size",
+    "prefetch",
+)
+
+#: The documented defaults, for helpers taking explicit values (one copy of each default).
+DEFAULTS: Final = Settings()
+
+
+def documented_fields() -> list[dataclasses.Field[Any]]:
+    """Every field that is a ``HUB_*`` variable, in declaration order."""
+    return [f for f in dataclasses.fields(Settings) if "doc" in f.metadata]
+
+
+def env_name(name: str) -> str:
+    """The environment variable of field ``name`` (``amqp_url`` → ``HUB_AMQP_URL``)."""
+    return "HUB_" + name.upper()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1``: addresses only this machine reaches."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<unreadable URL>"
 
 
 def _convert(name: str, raw: str, kind: str) -> Any:
-    var = "HUB_" + name.upper()
+    var = env_name(name)
     try:
         if kind == "int":
             return int(raw)
@@ -170,52 +257,53 @@ def _convert(name: str, raw: str, kind: str) -> Any:
     return raw
 
 
-#: The documented meaning of every variable (``hub config`` prints it as a table).
-FIELDS: dict[str, str] = {
-    "host": "interface to listen on (`0.0.0.0` in containers)",
-    "port": "TCP port",
-    "log_level": "`debug`, `info`, `warning` or `error`",
-    "amqp_url": "RabbitMQ URL; with `HUB_REDIS_URL` selects the distributed backend",
-    "redis_url": "Redis URL; with `HUB_AMQP_URL` selects the distributed backend",
-    "jwt_secret": "HS256 secret for tokens (embedded default: an insecure development secret)",
-    "jwt_public_key": "PEM public key, or a path to one, for RS256/ES256 tokens",
-    "jwt_audience": "required `aud` claim (unset: a token with any `aud` is refused)",
-    "jwt_issuer": "required `iss` claim (unset: `iss` is not checked)",
-    "jwt_leeway": "seconds of clock skew allowed on `exp`, `nbf` and `iat`",
-    "api_key": "bearer key for `/api/` routes (embedded default: an insecure development key)",
-    "allowed_origins": "comma-separated Origin allow-list for `/ws` (unset: any origin)",
-    "replica_id": "this replica's id (default: `<hostname>:<port>`)",
-    "history_size": "notifications kept per topic for recovery; `0` turns history off",
-    "history_ttl": "seconds a notification stays in history",
-    "presence_ttl": "seconds before a silent replica's connections stop counting",
-    "auth_timeout": "seconds a new socket has to send its `connect` frame",
-    "backend_timeout": "seconds any RabbitMQ or Redis call on a request path may take (then 1013 / 503)",
-    "send_timeout": "seconds one write to a socket may take before the socket is aborted",
-    "drain_seconds": "on SIGTERM, seconds over which open sockets are closed with 1012",
-    "ping_interval": "seconds between `ping` frames",
-    "max_frame_size": "largest client frame in bytes (larger: close 1009)",
-    "max_frame_rate": "client frames per second per socket, burst of twice that (over: close 4008)",
-    "max_connections_per_user": "open sockets per user across the deployment (over: close 4008)",
-    "socket_queue_size": "notifications waiting per socket before it is closed with 1013",
-    "prefetch": "unacknowledged notifications in flight per socket",
-    "ingest_max_length": "messages `hub.ingest` holds at most (older overflow to `hub.dead`)",
-    "delivery_limit": "deliveries of one ingest message before it is dead-lettered",
-    "exchange": "the publishers' topic exchange",
-    "live_exchange": "the sequenced-notifications exchange the sockets bind on",
-    "ingest_queue": "the sequencer's durable queue",
-    "dead_letter": "exchange and queue for unreadable messages",
-    "presence_exchange": "topic exchange of `presence.online.<id>` / `presence.offline.<id>` events",
-    "redis_prefix": "prefix of every Redis key",
-    "demo": "serve `/demo/` and its token/publish helpers (default: on when embedded)",
-}
-
-
 def config_table() -> str:
-    """The configuration as a markdown table: variable, default, meaning."""
-    defaults = Settings()
+    """The configuration as a markdown table: variable, default, meaning (the README's table)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, meaning in FIELDS.items():
-        value = getattr(defaults, name)
+    for f in documented_fields():
+        value = getattr(DEFAULTS, f.name)
         shown = "" if value in (None, "", ()) else f"`{value}`"
-        rows.append(f"| `HUB_{name.upper()}` | {shown} | {meaning} |")
+        rows.append(f"| `{env_name(f.name)}` | {shown} | {f.metadata['doc']} |")
     return "\n".join(rows)
+
+
+def effective_table(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """The values ``settings`` holds and where each came from, as a markdown table.
+
+    Secrets are masked and URL passwords replaced; ``environ`` (default: the process
+    environment) tells values set there from defaults.
+    """
+    env = os.environ if environ is None else environ
+    rows = ["| variable | value | from |", "|---|---|---|"]
+    for f in documented_fields():
+        var, value = env_name(f.name), getattr(settings, f.name)
+        if f.name in _RESOLVED:  # show what is in force, not "unset"
+            value = getattr(settings, _RESOLVED[f.name])
+        if var in settings.dev_defaults:
+            source = "development default (insecure)"
+        elif env.get(var):
+            source = "environment"
+        elif value != f.default:
+            source = "derived"
+        else:
+            source = "default"
+        rows.append(f"| `{var}` | {_shown(f, value)} | {source} |")
+    return "\n".join(rows)
+
+
+#: Fields whose unset value means "decided elsewhere" → the property that decides.
+_RESOLVED: Final = {"demo": "demo_enabled", "url": "client_url"}
+
+
+def _shown(f: dataclasses.Field[Any], value: Any) -> str:
+    if value is None or value in ("", ()):
+        return ""
+    if f.metadata["secret"]:
+        return "`***`"
+    if f.metadata["url"]:
+        return f"`{redact_url(value)}`"
+    if isinstance(value, tuple):
+        return "`" + ",".join(value) + "`"
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        return f"PEM, {len(value)} characters"
+    return f"`{value}`"
