@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
@@ -100,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from hub import logs
     from hub.node import Node
     from hub.server import run
 
@@ -121,7 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
             if name in ("host", "port", "log_level", "history_size") and value is not None
         ]
         return run_workers(settings, args.workers, forwarded)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format, settings.log_level, settings.replica_id)
     run(Node(settings), reuse_port=args.reuse_port)
     return 0
 

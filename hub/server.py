@@ -14,6 +14,7 @@ import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from hub.app import create_app
+from hub.logs import uvicorn_log_config
 from hub.node import Node
 from hub.startup import StartupError, quiet_libraries, start_node
 from hub.workers import listening_socket
@@ -54,6 +55,7 @@ def build_server(node: Node) -> uvicorn.Server:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_format),
         ws=LeanWebSocketProtocol,
         ws_max_size=settings.max_frame_size,
         ws_ping_interval=None,

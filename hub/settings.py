@@ -39,6 +39,11 @@ class Settings:
     host: str = _setting("127.0.0.1", "interface to listen on (`0.0.0.0` in containers; needs real credentials)")
     port: int = _setting(8080, "TCP port")
     log_level: str = _setting("info", "`debug`, `info`, `warning` or `error`")
+    log_format: str = _setting(
+        "plain",
+        "`plain` (lines for a terminal) or `json` (one object per line: time, level, logger, message, "
+        "replica, and conn_id/user for a socket's lines)",
+    )
     amqp_url: str | None = _setting(
         None, "RabbitMQ URL; with `HUB_REDIS_URL` selects the distributed backend", url=True
     )
@@ -169,6 +174,8 @@ class Settings:
         return dataclasses.replace(self, **changes, dev_defaults=tuple(dev))
 
     def _check_values(self) -> None:
+        if self.log_format not in ("plain", "json"):
+            raise ConfigError(f"HUB_LOG_FORMAT: expected `plain` or `json`, got {self.log_format!r}")
         for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
             try:
                 validate_topic(getattr(self, name))
