@@ -105,7 +105,8 @@ def test_the_definitions_file_loads_as_shipped(sites: Sites) -> None:
         line.split("\t")[0]: line.split("\t")[1:]
         for line in sites.a.ctl("list_permissions", "-p", "/", "--no-table-headers").splitlines()
     }
-    shipped = {p["user"]: [p["configure"], p["write"], p["read"]] for p in json.loads(DEFINITIONS.read_text())["permissions"]}
+    definitions = json.loads(DEFINITIONS.read_text())
+    shipped = {p["user"]: [p["configure"], p["write"], p["read"]] for p in definitions["permissions"]}
     for user, patterns in shipped.items():
         assert permissions[user] == patterns
 
@@ -163,6 +164,7 @@ async def test_a_notification_published_at_one_site_reaches_a_user_at_the_other(
             return frame["type"] == "notification"
 
         await wait_for(crossed, timeout=30, what="a notification from site A at site B")
+
         # drain what the probes left on both sockets, then the real exchange
         async def drain() -> None:
             for client in (at_a, at_b):
