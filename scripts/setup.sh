@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the hub and its tests need on a fresh Debian machine, idempotently:
 # the Python virtualenv with the package, the Debian packages the tests drive
-# (chromium, haproxy, docker-compose for validating the compose file), and client-js's
+# (chromium, haproxy, docker-compose for validating the compose file, promtool, PHP with
+# php-amqplib), and client-js's
 # npm dependencies. Starts Redis and RabbitMQ when they are not running.
 #   scripts/setup.sh            everything the tests need
 #   scripts/setup.sh --runtime  only the virtualenv with the hub (enough for `make run`)
@@ -34,6 +35,9 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+command -v promtool >/dev/null || missing+=(prometheus)                  # promtool checks docker/prometheus/
+command -v php >/dev/null || missing+=(php-cli)                          # the README's PHP producer
+[ -f /usr/share/php/PhpAmqpLib/Connection/AMQPSSLConnection.php ] || missing+=(php-amqplib)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
