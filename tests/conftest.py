@@ -24,6 +24,13 @@ async def history_hub(request: pytest.FixtureRequest) -> AsyncIterator[RunningHu
         yield running
 
 
+@pytest.fixture(params=sorted(set(BACKENDS) - WITH_HISTORY))
+async def nohistory_hub(request: pytest.FixtureRequest) -> AsyncIterator[RunningHub]:
+    """A running replica, once per backend with history off (``HUB_HISTORY_SIZE=0``)."""
+    async with run_hub(request.param) as running:
+        yield running
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend_name(request: pytest.FixtureRequest) -> str:
     """Each registered backend's name, for tests that start hubs with their own settings."""
