@@ -10,12 +10,12 @@ time in ns) or ``None`` for control frames, answering pings itself when needed.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import jwt
 from websockets.asyncio.client import ClientConnection, connect
+
+from testkit.tokens import make_token
 
 Payload = dict[str, Any]
 
@@ -63,7 +63,7 @@ class HubClient:
     """Hub protocol v1 (DESIGN §3), JSON subprotocol: token in the first frame."""
 
     async def open(self, spec: ClientSpec, user: str) -> ClientConnection:
-        token = jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, spec.jwt_secret, algorithm="HS256")
+        token = make_token(user, ttl=3600, secret=spec.jwt_secret)
         ws = await _ws(spec.url)
         await ws.send(json.dumps({"type": "connect", "token": token}))
         while True:

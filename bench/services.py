@@ -17,29 +17,13 @@ from pathlib import Path
 
 from bench.procstat import find_pids
 
-AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672/"
+# The shared test-support helpers (testkit/), re-exported for the targets.
+from testkit.net import free_port as free_port
+from testkit.services import create_vhost as create_vhost
+from testkit.services import delete_vhost as delete_vhost
+from testkit.services import rabbitmqctl
+
 REDIS_BASE = "redis://127.0.0.1:6379/"
-
-
-def _ctl(*args: str, timeout: float = 60) -> str:
-    out = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: exit {out.returncode}: {out.stderr}")
-    return out.stdout
-
-
-def create_vhost(name: str) -> str:
-    """(Re)create vhost ``name`` with full rights for guest; return its AMQP URL."""
-    delete_vhost(name)
-    _ctl("add_vhost", name)
-    _ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    return AMQP_BASE + name
-
-
-def delete_vhost(name: str) -> None:
-    """Delete vhost ``name`` if it exists (and everything in it)."""
-    if name in _ctl("list_vhosts", "--quiet", "name").split():
-        _ctl("delete_vhost", name)
 
 
 def flush_redis_db(db: int) -> None:
@@ -66,7 +50,7 @@ def redis_pids() -> list[int]:
 
 def rabbit_fd_limit() -> int:
     """RabbitMQ's socket limit as ``rabbitmqctl status`` reports it (0 if unknown)."""
-    out = _ctl("status")
+    out = rabbitmqctl("status")
     match = re.search(r"Sockets: \d+, limit: (\d+)", out)
     return int(match.group(1)) if match else 0
 
@@ -128,14 +112,6 @@ def wait_port(port: int, timeout: float, host: str = "127.0.0.1") -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{host}:{port} not listening after {timeout:.0f} s") from None
             time.sleep(0.1)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def declare_exchange(amqp_url: str, name: str = "notifications") -> None:

@@ -6,25 +6,15 @@ Needs RabbitMQ on 127.0.0.1:5672 (guest/guest, allowed to create vhost
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from bench import scenarios
 from bench.profiles import PROFILES
 from bench.targets import TARGETS
-
-
-def _rabbit_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), 1):
-            return True
-    except OSError:
-        return False
-
+from testkit.net import reachable
 
 pytestmark = [
-    pytest.mark.skipif(not _rabbit_up(), reason="RabbitMQ not reachable on 127.0.0.1:5672"),
+    pytest.mark.skipif(not reachable("127.0.0.1", 5672), reason="RabbitMQ not reachable on 127.0.0.1:5672"),
     pytest.mark.timeout(90),
 ]
 

@@ -22,25 +22,29 @@ import asyncio
 import contextlib
 import csv
 import io
-import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import httpx
-import jwt
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+if __name__ == "__main__":  # run as a script: the repository root holds testkit/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# The test-support package; free_port is used here, the others are re-exported for the
+# tests that drive this cluster (tests/test_cluster.py, test_drain.py, test_workers.py).
+from testkit import ReconnectingClient as Client
+from testkit import free_port
+from testkit.services import deployment as distributed_env
+
+__all__ = ["Client", "Cluster", "ClusterError", "Replica", "distributed_env", "free_port", "render_lb"]
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "haproxy.cfg.template"
@@ -76,14 +80,6 @@ def render_lb(
 def render_compose_lb() -> str:
     """The configuration compose mounts (``docker/haproxy.cfg``)."""
     return render_lb(COMPOSE_SERVERS, **COMPOSE_LB)
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def find_haproxy() -> str | None:
@@ -296,160 +292,6 @@ class Cluster:
         if self._tmp is not None and not os.environ.get("HUB_CLUSTER_KEEP"):
             self._tmp.cleanup()
             self._tmp = None
-
-
-async def _rabbitmqctl(*args: str) -> str:
-    tool = shutil.which("rabbitmqctl") or shutil.which("rabbitmqctl", path="/usr/sbin:/usr/local/sbin")
-    if tool is None:
-        raise ClusterError("RabbitMQ: rabbitmqctl is not installed (needed to create a private vhost)")
-    proc = await asyncio.create_subprocess_exec(
-        tool, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        async with asyncio.timeout(60):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        _kill_group(proc)
-        await proc.wait()
-        raise ClusterError(f"RabbitMQ: rabbitmqctl {' '.join(args)} hung for 60 s") from None
-    if proc.returncode != 0:
-        raise ClusterError(f"RabbitMQ: rabbitmqctl {' '.join(args)} failed: {out.decode(errors='replace')}")
-    return out.decode(errors="replace")
-
-
-@contextlib.asynccontextmanager
-async def distributed_env(
-    amqp: str = "amqp://guest:guest@127.0.0.1:5672", redis_url: str = "redis://127.0.0.1:6379/0"
-) -> AsyncIterator[dict[str, str]]:
-    """HUB_* variables for the distributed backend on a private RabbitMQ vhost and a private
-    Redis key prefix, both removed on exit. Raises ClusterError naming the missing service."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.ping()
-    except Exception as exc:
-        await client.aclose()
-        raise ClusterError(f"Redis at {redis_url} is not reachable: {exc}") from None
-    tag = uuid.uuid4().hex[:12]
-    vhost, prefix = f"hub-test-{tag}", f"hub-test-{tag}:"
-    try:
-        await _rabbitmqctl("add_vhost", vhost)
-        try:
-            await _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-            yield {
-                "HUB_AMQP_URL": f"{amqp}/{vhost}",
-                "HUB_REDIS_URL": redis_url,
-                "HUB_REDIS_PREFIX": prefix,
-                "HUB_JWT_SECRET": "cluster-test-secret-" + tag * 2,
-                "HUB_API_KEY": "cluster-test-key-" + tag,
-            }
-        finally:
-            await _rabbitmqctl("delete_vhost", vhost)
-    finally:
-        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-
-def mint(secret: str, user: str, ttl: float = 600) -> str:
-    """An HS256 token for ``user``, as a backend would mint it."""
-    return jwt.encode({"sub": user, "exp": int(time.time() + ttl)}, secret, algorithm="HS256")
-
-
-class Client:
-    """A test WebSocket client that reconnects through the LB and recovers with ``since``.
-
-    Records every notification frame (duplicates included), every ``connected`` frame
-    and every close code, so a test can check exactly-once delivery.
-    """
-
-    def __init__(self, ws_url: str, user: str, secret: str, *, max_reconnects: int = 100) -> None:
-        self.ws_url, self.user, self.secret = ws_url, user, secret
-        self.max_reconnects = max_reconnects
-        self.notifications: list[dict[str, Any]] = []
-        self.connects: list[dict[str, Any]] = []
-        self.connect_times: list[float] = []
-        self.closes: list[tuple[float, int | None]] = []
-        self.offsets: dict[str, str] = {}
-        self.connected = asyncio.Event()
-        self.changed = asyncio.Event()
-        self._stopping = False
-        self._ws: ClientConnection | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def replica(self) -> str | None:
-        return str(self.connects[-1]["replica"]) if self.connects else None
-
-    def ids(self) -> list[str]:
-        return [str(n["id"]) for n in self.notifications]
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"client-{self.user}")
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._task is not None:
-            try:
-                async with asyncio.timeout(5):
-                    await self._task
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-
-    async def _run(self) -> None:
-        attempt = 0
-        while not self._stopping and attempt <= self.max_reconnects:
-            try:
-                await self._session()
-                attempt = 0
-            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError):
-                pass
-            if self._stopping:
-                return
-            attempt += 1
-            await asyncio.sleep(min(0.05 * attempt, 0.5))  # reconnect backoff, not synchronisation
-
-    async def _session(self) -> None:
-        async with asyncio.timeout(10):
-            ws = await connect(self.ws_url, open_timeout=5, close_timeout=2)
-        self._ws = ws
-        try:
-            frame: dict[str, Any] = {"type": "connect", "token": mint(self.secret, self.user)}
-            if self.offsets:
-                frame["since"] = dict(self.offsets)
-            await ws.send(json.dumps(frame))
-            async with asyncio.timeout(10):
-                first = json.loads(await ws.recv())
-            if first.get("type") != "connected":
-                return  # an error frame: the close that follows is recorded below
-            self.connects.append(first)
-            self.connect_times.append(time.monotonic())
-            for topic, offset in first.get("offsets", {}).items():
-                self.offsets.setdefault(topic, offset)
-            self.connected.set()
-            self.changed.set()
-            async for raw in ws:
-                message = json.loads(raw)
-                if message.get("type") == "notification":
-                    self.notifications.append(message)
-                    if message.get("offset"):
-                        self.offsets[message["topic"]] = message["offset"]
-                    self.changed.set()
-                elif message.get("type") == "ping":
-                    await ws.send('{"type":"pong"}')
-        finally:
-            self.connected.clear()
-            with contextlib.suppress(Exception):
-                await ws.close()
-            self.closes.append((time.monotonic(), ws.close_code))
-            self.changed.set()
-            self._ws = None
 
 
 async def _up(args: argparse.Namespace) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 
 import pytest
 
-from tests.harness import BACKENDS, WITH_HISTORY, RunningHub, run_hub
+from testkit.hubs import BACKENDS, WITH_HISTORY, RunningHub, run_hub
+from testkit.services import ServiceMissing
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -23,9 +24,30 @@ async def history_hub(request: pytest.FixtureRequest) -> AsyncIterator[RunningHu
         yield running
 
 
+@pytest.fixture(params=sorted(set(BACKENDS) - WITH_HISTORY))
+async def nohistory_hub(request: pytest.FixtureRequest) -> AsyncIterator[RunningHub]:
+    """A running replica, once per backend with history off (``HUB_HISTORY_SIZE=0``)."""
+    async with run_hub(request.param) as running:
+        yield running
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend_name(request: pytest.FixtureRequest) -> str:
     """Each registered backend's name, for tests that start hubs with their own settings."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(params=sorted(WITH_HISTORY))
+def history_backend(request: pytest.FixtureRequest) -> str:
+    """Each backend that keeps history, for history tests that start hubs with their own settings."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(params=sorted(set(BACKENDS) - WITH_HISTORY))
+def nohistory_backend(request: pytest.FixtureRequest) -> str:
+    """Each backend with history off (``HUB_HISTORY_SIZE=0``)."""
     name: str = request.param
     return name
 
@@ -41,3 +63,13 @@ async def strict_hub(backend_name: str) -> AsyncIterator[RunningHub]:
         max_frame_size=2048,
     ) as running:
         yield running
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """A missing service fails the test with one line naming it, not a traceback."""
+    report = yield
+    excinfo = call.excinfo
+    if excinfo is not None and excinfo.errisinstance(ServiceMissing) and isinstance(report, pytest.TestReport):
+        report.longrepr = str(excinfo.value)
+    return report

@@ -2,10 +2,12 @@
 // Runs on the embedded backend by default; HUB_E2E_DISTRIBUTED=1 runs the same scenarios
 // (and the replica-crash one below) against RabbitMQ + Redis.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import {
   DISTRIBUTED,
+  PageProblems,
+  WEBSOCKET_REFUSED,
   launchBrowser,
   mintToken,
   preflight,
@@ -39,6 +41,8 @@ let browser: Browser;
 let pages: PageServer;
 let hub: HubProcess;
 const contexts: BrowserContext[] = [];
+/** Page errors and unexpected console errors fail the test they happen in. */
+const problems = new PageProblems();
 let userSeq = 0;
 
 /** A fresh user id per scenario, so scenarios sharing a hub don't see each other's notifications. */
@@ -50,7 +54,7 @@ async function openPage(opts: Omit<StartOptions, 'url'> & { url?: string; tokenT
   const ctx = context ?? (await browser.newContext());
   if (!context) contexts.push(ctx);
   const page = await ctx.newPage();
-  page.on('pageerror', (err) => console.error(`[page error] ${err.message}`));
+  problems.watch(page);
   if (!context) await ctx.exposeFunction('e2eToken', (user: string) => mintToken(user, opts.tokenTtlS ?? 60));
   await page.goto(pages.url);
   const start: StartOptions = { url: opts.url ?? hub.ws, user: opts.user };
@@ -96,8 +100,13 @@ before(async () => {
   [browser, pages] = await Promise.all([launchBrowser(), startPageServer()]);
 });
 
+afterEach(async () => {
+  // A test's pages end with it (a page left open would keep reconnecting into later tests).
+  await Promise.all(contexts.splice(0).map((c) => c.close().catch(() => undefined)));
+  problems.assertClean();
+});
+
 after(async () => {
-  await Promise.all(contexts.map((c) => c.close().catch(() => undefined)));
   await browser?.close();
   await pages?.close();
 });
@@ -286,6 +295,7 @@ describe('across a hub crash and restart', () => {
   });
 
   it('SIGTERM: the hub closes with 1012 and the client reconnects at once to the restarted hub', async () => {
+    problems.expect(WEBSOCKET_REFUSED); // the draining hub refuses (403), then nothing listens
     const user = newUser();
     const page = await openPage({ user, url: own.ws });
     await waitConnected(page);
@@ -302,6 +312,7 @@ describe('across a hub crash and restart', () => {
   });
 
   it('SIGKILL: reconnects with backoff and gets everything published after the restart exactly once, in order', async () => {
+    problems.expect(WEBSOCKET_REFUSED); // nothing listens until the restart
     const user = newUser();
     const page = await openPage({ user, url: own.ws });
     await waitConnected(page);

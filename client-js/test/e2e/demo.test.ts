@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Browser } from 'playwright-core';
-import { launchBrowser, preflight, startHub } from './harness.js';
+import { PageProblems, launchBrowser, preflight, startHub } from './harness.js';
 import type { HubProcess } from './harness.js';
 
 const skip = preflight();
@@ -23,8 +23,8 @@ describe('demo page served by the hub at /demo/', { skip }, () => {
 
   it('connects, publishes, shows notifications with their latency and the presence', async () => {
     const page = await browser.newPage({ viewport: { width: 1200, height: 820 } });
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(e.message));
+    const problems = new PageProblems();
+    problems.watch(page);
     const res = await page.goto(`${hub.http}/demo/?user=42&connect=1`);
     assert.equal(res?.status(), 200, 'the hub serves the demo page');
     await page.waitForSelector('#state[data-state="connected"]', { timeout: 15_000 });
@@ -40,7 +40,7 @@ describe('demo page served by the hub at /demo/', { skip }, () => {
     assert.match(latency ?? '', /^\d+ ms$/);
     await page.waitForFunction(() => /online · 1 connection$/.test(document.getElementById('presence')!.textContent ?? ''), undefined, { timeout: 10_000 });
     assert.equal(await page.textContent('#count'), '3');
-    assert.deepEqual(errors, []);
+    problems.assertClean(); // no page error, no console error
     const shot = process.env['E2E_SCREENSHOT'];
     if (shot) {
       // Let the arrival highlight fade so the picture shows the resting state.

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import type { Browser } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { TEST_PAGE } from './page.js';
 
 // .build/test/e2e/<file>.mjs → client-js/
@@ -249,6 +249,45 @@ export async function publish(hub: HubProcess, user: string, data: unknown): Pro
   if (!res.ok) throw new Error(`expected 2xx from POST /api/publish, got ${res.status}: ${text}`);
   return JSON.parse(text) as { id: string; offset?: string };
 }
+
+/**
+ * What went wrong in the pages of one test: every uncaught page error and every console
+ * error, except console errors the scenario expects (a test that takes the hub or the
+ * network away expects Chromium's own "WebSocket connection to … failed" lines).
+ * `assertClean` fails the test with what was recorded; `watch` hooks a page up.
+ */
+export class PageProblems {
+  private readonly problems: string[] = [];
+  private expected: RegExp[] = [];
+
+  /** Console errors matching one of `patterns` are expected until the next `reset`. */
+  expect(...patterns: RegExp[]): void {
+    this.expected.push(...patterns);
+  }
+
+  watch(page: Page): void {
+    page.on('pageerror', (err) => this.problems.push(`page error: ${err.stack ?? err.message}`));
+    page.on('console', (msg) => {
+      if (msg.type() !== 'error') return;
+      const text = msg.text();
+      if (!this.expected.some((pattern) => pattern.test(text))) this.problems.push(`console error: ${text}`);
+    });
+  }
+
+  /** Throws (failing the test) when anything unexpected was recorded; then starts afresh. */
+  assertClean(): void {
+    const found = this.problems.splice(0);
+    this.expected = [];
+    if (found.length) throw new Error(`the page reported ${found.length} unexpected error(s):\n  ${found.join('\n  ')}`);
+  }
+}
+
+/**
+ * Chromium's console line for a WebSocket that could not connect: nothing listens (a hub
+ * that is down) or the upgrade was refused with 403 (a draining hub, docs/protocol.md §8).
+ */
+export const WEBSOCKET_REFUSED =
+  /^WebSocket connection to '[^']*' failed: (Error in connection establishment: net::ERR_CONNECTION_REFUSED|Error during WebSocket handshake: Unexpected response code: 403)$/;
 
 export interface PageServer {
   readonly url: string;
