@@ -26,7 +26,7 @@ import pytest
 from hub.publisher import Publisher
 from tests.distributed_env import REDIS_URL, drop_redis_keys
 from tests.harness import RunningHub, run_hub, wait_for
-from tests.rabbit_node import RabbitNode, start_nodes
+from testkit.rabbit_node import RabbitNode, start_nodes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Private RabbitMQ nodes for tests that need what the shared broker must not get.
+"""Private RabbitMQ nodes for tests and benchmarks that need what the shared broker must not get.
 
 The shared node (127.0.0.1:5672) is never reconfigured: no plugin is enabled on it and no
 listener is added. Tests that need a federation plugin, a TLS listener or a second site
@@ -21,20 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.services import missing
+from testkit.net import free_port
+from testkit.services import ServiceMissing
 
 #: The Debian package's scripts; /usr/sbin's wrappers would switch to the rabbitmq user.
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 START_TIMEOUT = 90.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _credentials(user: str, password: str) -> str:
@@ -61,6 +53,8 @@ class RabbitNode:
     dist_port: int
     tls_port: int | None = None
     plugins: tuple[str, ...] = ()
+    #: The rabbitmq_prometheus listener (when that plugin is enabled).
+    prometheus_port: int | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -106,7 +100,7 @@ class RabbitNode:
             check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(
+            raise RuntimeError(
                 f"rabbitmqctl {' '.join(args)} on {self.node} failed ({result.returncode}): "
                 f"{result.stderr.decode(errors='replace')[-500:]}"
             )
@@ -131,6 +125,8 @@ class RabbitNode:
                 "ssl_options.verify = verify_peer",
                 f"ssl_options.fail_if_no_peer_cert = {'true' if tls.require_client_cert else 'false'}",
             ]
+        if self.prometheus_port is not None:
+            lines += ["prometheus.tcp.ip = 127.0.0.1", f"prometheus.tcp.port = {self.prometheus_port}"]
         (base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         # Our own env file, so /etc/rabbitmq/rabbitmq-env.conf (the shared node's) is not read.
         (base / "rabbitmq-env.conf").write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
@@ -154,7 +150,7 @@ class RabbitNode:
             assert self.process is not None
             if self.process.poll() is not None:
                 out = (self.base / "server.out").read_text(errors="replace")[-1500:]
-                raise AssertionError(f"RabbitMQ node {self.node} exited during start-up:\n{out}")
+                raise RuntimeError(f"RabbitMQ node {self.node} exited during start-up:\n{out}")
             if (self.base / "node.pid").exists():
                 result = subprocess.run(
                     [str(RABBITMQ_BIN / "rabbitmqctl"), "-q", "-n", self.node, "await_startup", "--timeout", "60"],
@@ -166,8 +162,25 @@ class RabbitNode:
                 if result.returncode == 0:
                     return
             if time.monotonic() > deadline:
-                raise AssertionError(f"RabbitMQ node {self.node} did not start within {START_TIMEOUT:g} s")
+                raise RuntimeError(f"RabbitMQ node {self.node} did not start within {START_TIMEOUT:g} s")
             time.sleep(0.5)  # polling a process that starts in seconds, with a deadline
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the node's processes used so far, from /proc."""
+        assert self.process is not None
+        group = os.getpgid(self.process.pid)
+        ticks = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            fields = stat.rpartition(")")[2].split()
+            if int(fields[2]) == group:  # pgrp
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         """Stop the node and remove its directory; idempotent."""
@@ -188,16 +201,17 @@ def start_nodes(
     """Start one private node per name under ``base`` (all at once), each with ``plugins``
     and, with ``tls``, a TLS listener; return them running. Stop them with ``RabbitNode.stop``."""
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-        missing("rabbitmq-server (Debian package rabbitmq-server)")
+        raise ServiceMissing("rabbitmq-server (Debian package rabbitmq-server)")
     tag = uuid.uuid4().hex[:6]
     nodes = [
         RabbitNode(
             name=f"hubtest-{name}-{tag}",
             base=base / name,
-            amqp_port=_free_port(),
-            dist_port=_free_port(),
-            tls_port=_free_port() if tls is not None else None,
+            amqp_port=free_port(),
+            dist_port=free_port(),
+            tls_port=free_port() if tls is not None else None,
             plugins=tuple(plugins),
+            prometheus_port=free_port() if "rabbitmq_prometheus" in plugins else None,
         )
         for name in names
     ]
