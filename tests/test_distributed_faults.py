@@ -7,14 +7,11 @@ killing a real ``hub serve`` process; waits are conditions with deadlines, never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -23,26 +20,9 @@ from websockets.asyncio.client import connect
 from hub.publisher import Publisher
 from tests.distributed_env import environment
 from tests.harness import API_KEY, SECRET, Client, free_port, make_token, run_hub, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import proxied, via
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-
-def _via(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
-
-
-@contextlib.asynccontextmanager
-async def proxied(url: str) -> AsyncIterator[TcpProxy]:
-    parts = urlsplit(url)
-    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
 
 
 async def publish_range(env: dict[str, str], user: str, start: int, stop: int, chunk: int = 25) -> None:
@@ -82,7 +62,7 @@ async def test_amqp_connection_cut_and_restored() -> None:
     async with (
         environment() as env,
         proxied(env["HUB_AMQP_URL"]) as proxy,
-        run_hub("distributed", env={**env, "HUB_AMQP_URL": _via(env["HUB_AMQP_URL"], proxy)}) as hub,
+        run_hub("distributed", env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port)}) as hub,
     ):
         backend: Any = hub.node.backend
         client = await hub.connect("c1")
@@ -112,8 +92,8 @@ async def test_amqp_connection_cut_and_restored() -> None:
 
 
 async def test_redis_unavailable_for_a_while() -> None:
-    async with environment() as env, proxied(env["HUB_REDIS_URL"]) as proxy:
-        redis_url = f"redis://127.0.0.1:{proxy.port}/0"
+    async with environment() as env, proxied(env["HUB_REDIS_URL"], 6379) as proxy:
+        redis_url = via(env["HUB_REDIS_URL"], proxy.port)
         async with run_hub("distributed", env={**env, "HUB_REDIS_URL": redis_url}) as hub:
             backend: Any = hub.node.backend
             client = await hub.connect("d1")
