@@ -7,7 +7,6 @@ history and no sequencer: sockets bind on the publishers' exchange directly.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -17,7 +16,7 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from hub.backends import redis_client
-from hub.backends.base import Presence
+from hub.backends.base import BackendUnavailable, Presence
 from hub.backends.rabbitmq import LiveBroker, declare_topology
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
@@ -26,7 +25,6 @@ from hub.settings import Settings
 
 log = logging.getLogger("hub.distributed")
 
-CHECK_TIMEOUT = 2.0
 #: Seconds between aio-pika's reconnection attempts (its default, 5 s, is a long outage).
 RECONNECT_INTERVAL = 1.0
 
@@ -42,10 +40,14 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = redis_client.connect(settings.redis_url)
+        self._redis: aioredis.Redis = redis_client.connect(settings.redis_url, settings.backend_timeout)
         self._history = (
             RedisHistory(
-                self._redis, prefix=settings.redis_prefix, size=settings.history_size, ttl=settings.history_ttl
+                self._redis,
+                prefix=settings.redis_prefix,
+                size=settings.history_size,
+                ttl=settings.history_ttl,
+                timeout=settings.backend_timeout,
             )
             if settings.history_enabled
             else None
@@ -56,6 +58,7 @@ class DistributedBackend:
             replica=settings.replica_id,
             ttl=settings.presence_ttl,
             on_transition=self._presence_event,
+            timeout=settings.backend_timeout,
         )
         self._connection: AbstractRobustConnection | None = None
         self._broker: LiveBroker | None = None
@@ -129,11 +132,11 @@ class DistributedBackend:
         else:
             result["rabbitmq"] = None
         try:
-            async with asyncio.timeout(CHECK_TIMEOUT):
+            async with redis_client.deadline("PING", self._settings.backend_timeout):
                 await self._redis.ping()
             result["redis"] = None
-        except Exception as exc:
-            result["redis"] = f"Redis did not answer PING: {exc!r}"
+        except BackendUnavailable as exc:
+            result["redis"] = str(exc)
         return result
 
     def stats(self) -> dict[str, Any]:
