@@ -17,7 +17,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from hub.backends.distributed import DistributedBackend
+from hub.backends.rabbitmq import CHANNEL_POOL
 from hub.publisher import Publisher
+from hub.settings import Settings
 from tests.distributed_env import environment
 from tests.harness import API_KEY, SECRET, Client, free_port, make_token, run_hub, wait_for
 from tests.tcp_proxy import proxied, via
@@ -68,13 +71,17 @@ async def test_amqp_connection_cut_and_restored() -> None:
         client = await hub.connect("c1")
         await publish_range(env, "c1", 0, 100)
         frames = await client.notifications(100)
+        assert (await hub.http.get("/readyz")).status_code == 200
         accepted = proxy.accepted
         proxy.cut()
         print("CUT", flush=True)
-        await wait_for(lambda: hub.node.ready(), what="readiness to notice")  # keeps polling
         await wait_for(
             lambda: not backend.connection.connected.is_set(), what="the hub to see its AMQP connection drop"
         )
+        readyz = await hub.http.get("/readyz")
+        assert readyz.status_code == 503, readyz.text
+        assert readyz.json()["checks"]["rabbitmq"] is not None
+        assert readyz.json()["checks"]["redis"] is None
         publishing = asyncio.create_task(publish_range(env, "c1", 100, 200))  # while the hub is cut off
         proxy.restore()
         print("RESTORE", flush=True)
@@ -87,7 +94,9 @@ async def test_amqp_connection_cut_and_restored() -> None:
         await client.expect_silence(0.3)
         # aio-pika#231: after the reconnect, every queue has its consumer again.
         assert backend.broker.restores >= 1
+        assert backend.broker.restore_failures == 0
         assert (await hub.node.ready())["rabbitmq"] is None
+        assert (await hub.http.get("/readyz")).status_code == 200
         await client.close()
 
 
@@ -219,3 +228,37 @@ async def test_connect_storm_never_fails_for_want_of_redis_connections() -> None
         results = await asyncio.gather(*(one(i) for i in range(400)))
         failures = [r for r in results if r != "connected"]
         assert not failures, f"{len(failures)} of 400 connects failed, e.g. {failures[:3]}"
+
+
+async def test_closing_with_unacked_deliveries_keeps_acks_batched() -> None:
+    """A subscription closed with a delivery it never acked settles it: before, its tag held
+    the head of its channel's multiple ack forever, every later tag of that channel stayed
+    in memory and every later ack went alone."""
+    async with environment(history=False) as env:
+        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
+        backend = DistributedBackend(settings)
+        await backend.start()
+        try:
+            broker = backend.broker
+            # Subscriptions take the pooled channels in turn: the first and the last share one.
+            subscriptions = [await broker.subscribe([f"user.ack{i}"]) for i in range(CHANNEL_POOL + 1)]
+            abandoned, busy = subscriptions[0], subscriptions[-1]
+            slot = abandoned._slot
+            assert busy._slot is slot
+            generation = slot.generation
+            await broker.publish("user.ack0", "never acked")
+            assert [n.data for n in await abandoned.receive()] == ["never acked"]
+            await abandoned.close()  # without ack
+            received: list[Any] = []
+            for i in range(50):
+                await broker.publish(f"user.ack{CHANNEL_POOL}", i)
+                while len(received) <= i:
+                    received += [n.data for n in await busy.receive()]
+                    busy.ack()
+            assert received == list(range(50))
+            await wait_for(lambda: not slot._outstanding and not slot._acked, what="the channel's acks to drain")
+            assert slot.generation == generation  # no ack closed the channel (unknown delivery tag)
+            for subscription in subscriptions[1:]:
+                await subscription.close()
+        finally:
+            await backend.close()
