@@ -1,4 +1,4 @@
-"""The distributed backend: RabbitMQ carries, Redis remembers (DESIGN.md §1, §4-§6).
+"""The distributed backend: RabbitMQ carries, Redis remembers (docs/protocol.md §1, §4-§6).
 
 Wires one robust AMQP connection (topology, live broker, sequencer, presence events)
 and one Redis client (history, presence). With ``HUB_HISTORY_SIZE=0`` there is no
@@ -199,7 +199,7 @@ class DistributedBackend:
         return stats
 
     async def _presence_event(self, user: str, online: bool) -> None:
-        """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (DESIGN.md §6).
+        """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (docs/protocol.md §6).
 
         At most once: while RabbitMQ is away the event is dropped (raised as
         BackendUnavailable, which presence logs) rather than holding up the connect.

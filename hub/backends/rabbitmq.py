@@ -1,4 +1,4 @@
-"""RabbitMQ: the topology and the live path (DESIGN.md §4, §5).
+"""RabbitMQ: the topology and the live path (docs/protocol.md §4, §5).
 
 Each subscription (one socket) gets an exclusive, auto-delete queue bound to its topics
 on ``notifications.live`` (or on ``notifications`` when history is off), bounded by

@@ -1,4 +1,4 @@
-"""Presence across replicas in Redis (DESIGN.md §6).
+"""Presence across replicas in Redis (docs/protocol.md §6).
 
 Keys (``P`` is ``<prefix>presence:``):
 
