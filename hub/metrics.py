@@ -62,6 +62,7 @@ BACKEND_COUNTERS = {
     "duplicates": "Redelivered or re-published ids the sequencer found already in history",
     "overflows": "Sockets whose RabbitMQ queue dropped messages (x-max-length reached)",
     "dropped": "Live messages that could not be read and were dropped",
+    "restore_failures": "Live queues not restored after a broker interruption (socket closed with 1013)",
     "redis_retries": "Sequencer batches retried because Redis did not answer",
 }
 

@@ -7,42 +7,25 @@ killing a real ``hub serve`` process; waits are conditions with deadlines, never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from hub.backends.distributed import DistributedBackend
+from hub.backends.rabbitmq import CHANNEL_POOL
 from hub.publisher import Publisher
+from hub.settings import Settings
 from tests.distributed_env import environment
 from tests.harness import API_KEY, SECRET, Client, free_port, make_token, run_hub, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import proxied, via
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-
-def _via(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
-
-
-@contextlib.asynccontextmanager
-async def proxied(url: str) -> AsyncIterator[TcpProxy]:
-    parts = urlsplit(url)
-    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
 
 
 async def publish_range(env: dict[str, str], user: str, start: int, stop: int, chunk: int = 25) -> None:
@@ -82,19 +65,23 @@ async def test_amqp_connection_cut_and_restored() -> None:
     async with (
         environment() as env,
         proxied(env["HUB_AMQP_URL"]) as proxy,
-        run_hub("distributed", env={**env, "HUB_AMQP_URL": _via(env["HUB_AMQP_URL"], proxy)}) as hub,
+        run_hub("distributed", env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port)}) as hub,
     ):
         backend: Any = hub.node.backend
         client = await hub.connect("c1")
         await publish_range(env, "c1", 0, 100)
         frames = await client.notifications(100)
+        assert (await hub.http.get("/readyz")).status_code == 200
         accepted = proxy.accepted
         proxy.cut()
         print("CUT", flush=True)
-        await wait_for(lambda: hub.node.ready(), what="readiness to notice")  # keeps polling
         await wait_for(
             lambda: not backend.connection.connected.is_set(), what="the hub to see its AMQP connection drop"
         )
+        readyz = await hub.http.get("/readyz")
+        assert readyz.status_code == 503, readyz.text
+        assert readyz.json()["checks"]["rabbitmq"] is not None
+        assert readyz.json()["checks"]["redis"] is None
         publishing = asyncio.create_task(publish_range(env, "c1", 100, 200))  # while the hub is cut off
         proxy.restore()
         print("RESTORE", flush=True)
@@ -107,13 +94,15 @@ async def test_amqp_connection_cut_and_restored() -> None:
         await client.expect_silence(0.3)
         # aio-pika#231: after the reconnect, every queue has its consumer again.
         assert backend.broker.restores >= 1
+        assert backend.broker.restore_failures == 0
         assert (await hub.node.ready())["rabbitmq"] is None
+        assert (await hub.http.get("/readyz")).status_code == 200
         await client.close()
 
 
 async def test_redis_unavailable_for_a_while() -> None:
-    async with environment() as env, proxied(env["HUB_REDIS_URL"]) as proxy:
-        redis_url = f"redis://127.0.0.1:{proxy.port}/0"
+    async with environment() as env, proxied(env["HUB_REDIS_URL"], 6379) as proxy:
+        redis_url = via(env["HUB_REDIS_URL"], proxy.port)
         async with run_hub("distributed", env={**env, "HUB_REDIS_URL": redis_url}) as hub:
             backend: Any = hub.node.backend
             client = await hub.connect("d1")
@@ -239,3 +228,37 @@ async def test_connect_storm_never_fails_for_want_of_redis_connections() -> None
         results = await asyncio.gather(*(one(i) for i in range(400)))
         failures = [r for r in results if r != "connected"]
         assert not failures, f"{len(failures)} of 400 connects failed, e.g. {failures[:3]}"
+
+
+async def test_closing_with_unacked_deliveries_keeps_acks_batched() -> None:
+    """A subscription closed with a delivery it never acked settles it: before, its tag held
+    the head of its channel's multiple ack forever, every later tag of that channel stayed
+    in memory and every later ack went alone."""
+    async with environment(history=False) as env:
+        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
+        backend = DistributedBackend(settings)
+        await backend.start()
+        try:
+            broker = backend.broker
+            # Subscriptions take the pooled channels in turn: the first and the last share one.
+            subscriptions = [await broker.subscribe([f"user.ack{i}"]) for i in range(CHANNEL_POOL + 1)]
+            abandoned, busy = subscriptions[0], subscriptions[-1]
+            slot = abandoned._slot
+            assert busy._slot is slot
+            generation = slot.generation
+            await broker.publish("user.ack0", "never acked")
+            assert [n.data for n in await abandoned.receive()] == ["never acked"]
+            await abandoned.close()  # without ack
+            received: list[Any] = []
+            for i in range(50):
+                await broker.publish(f"user.ack{CHANNEL_POOL}", i)
+                while len(received) <= i:
+                    received += [n.data for n in await busy.receive()]
+                    busy.ack()
+            assert received == list(range(50))
+            await wait_for(lambda: not slot._outstanding and not slot._acked, what="the channel's acks to drain")
+            assert slot.generation == generation  # no ack closed the channel (unknown delivery tag)
+            for subscription in subscriptions[1:]:
+                await subscription.close()
+        finally:
+            await backend.close()

@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from hub.backends.base import Connection
-from hub.backends.redis_presence import RedisPresence
+from hub.backends import redis_client
+from hub.backends.base import BackendUnavailable, Connection
+from hub.backends.redis_presence import RedisPresence, count_users
 from hub.presence_client import online_many_async
 from tests.services import missing
+from tests.tcp_proxy import proxied, via
 
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TTL = 2
+TIMEOUT = 0.5  # backend_timeout of the presence that goes through a proxy
 
 Events = list[tuple[str, str, bool]]
 
@@ -85,6 +88,15 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], limit: float, what:
             return time.monotonic() - start
         await asyncio.sleep(0.05)  # polling interval, not synchronisation
     pytest.fail(f"expected {what} within {limit} s")
+
+
+def polled(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """``check`` as the async predicate ``wait_for`` polls."""
+
+    async def predicate() -> bool:
+        return check()
+
+    return predicate
 
 
 def conn(user: str, replica: str, n: int = 0) -> Connection:
@@ -278,3 +290,44 @@ async def test_publisher_presence_queries(make: Callable[..., Awaitable[RedisPre
         await publisher.close()
     with pytest.raises(ValueError, match="redis_url"):
         await Publisher("amqp://unused/").is_online("21")
+
+
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+async def test_connections_closed_while_redis_is_away_stop_counting(
+    redis: aioredis.Redis, prefix: str, events: Events, fault: str
+) -> None:
+    """No phantom presence: a socket closed while Redis is unreachable (refused or stalled)
+    stops counting once Redis is back, and so does one whose ``add`` timed out but lands late."""
+    async with proxied(REDIS_URL, 6379) as proxy:
+        client = redis_client.connect(via(REDIS_URL, proxy.port), TIMEOUT)
+
+        async def on_transition(user: str, online: bool) -> None:
+            events.append(("away", user, online))
+
+        presence = RedisPresence(
+            client, prefix=prefix, replica="away", ttl=TTL, on_transition=on_transition, timeout=TIMEOUT
+        )
+        await presence.start()
+        try:
+            closed, late, staying = conn("p1", "away"), conn("p2", "away"), conn("p3", "away")
+            assert await presence.add(closed) == 1
+            assert await presence.add(staying) == 1
+            proxy.cut() if fault == "cut" else proxy.stall()
+            with pytest.raises(BackendUnavailable):
+                await presence.add(late)  # stalled: the command waits in the proxy and lands on restore
+            assert await presence.remove(late) is None  # never raises into the session's clean-up
+            assert await presence.remove(closed) is None
+            assert presence.reconciling
+            proxy.restore()
+
+            async def gone() -> bool:
+                return await count_users(redis, prefix, ["p1", "p2", "p3"]) == {"p1": 0, "p2": 0, "p3": 1}
+
+            await wait_for(gone, 5 * TTL, "the connections closed during the outage to stop counting")
+            await wait_for(polled(lambda: not presence.reconciling), 5 * TTL, "the reconciliation to end")
+            assert await count_users(redis, prefix, ["p1", "p2", "p3"]) == {"p1": 0, "p2": 0, "p3": 1}
+            assert ("away", "p1", False) in events
+            assert ("away", "p3", False) not in events
+        finally:
+            await presence.close()
+            await client.aclose()

@@ -29,7 +29,20 @@ class SubscriptionGap(Exception):
 
 
 class BackendUnavailable(Exception):
-    """The broker or store cannot take the request now; the caller may retry later."""
+    """The broker or store cannot take the request now; the caller may retry later.
+
+    Raised when a call on a request path did not finish within ``backend_timeout`` or
+    met a broken connection; the session closes with 1013, the HTTP API answers 503.
+    The message names the service (and its URL without password at start-up).
+    """
+
+
+class SubscriptionLost(BackendUnavailable):
+    """A live subscription could not be restored after a broker interruption.
+
+    Raised by ``receive`` once the restore was retried until its deadline: the socket
+    must be closed (1013) and reconnect with ``since``; it is never left open and silent.
+    """
 
 
 class Subscription(Protocol):
@@ -43,7 +56,8 @@ class Subscription(Protocol):
         """Wait for at least one notification and return every one buffered, oldest first.
 
         Raises SubscriptionOverflow when the bound was exceeded, SubscriptionGap when
-        messages may have been missed but the subscription goes on.
+        messages may have been missed but the subscription goes on, SubscriptionLost
+        when it could not be restored after an interruption.
         """
         ...
 
@@ -137,8 +151,13 @@ class Presence(Protocol):
         """Record a connection; return the user's connection count including it."""
         ...
 
-    async def remove(self, conn: Connection) -> int:
-        """Forget a connection (idempotent); return the user's remaining connection count."""
+    async def remove(self, conn: Connection) -> int | None:
+        """Forget a connection (idempotent); return the user's remaining connection count.
+
+        Never raises for an unreachable store: the removal is kept and retried in the
+        background until it succeeds (a closed socket must not stay counted), and the
+        count is None because it is unknown.
+        """
         ...
 
     async def count(self, users: Sequence[str]) -> dict[str, int]:

@@ -1,8 +1,13 @@
-"""The distributed backend: RabbitMQ carries, Redis remembers (DESIGN.md §1, §4-§6).
+"""The distributed backend: RabbitMQ carries, Redis remembers (docs/protocol.md §1, §4-§6).
 
 Wires one robust AMQP connection (topology, live broker, sequencer, presence events)
 and one Redis client (history, presence). With ``HUB_HISTORY_SIZE=0`` there is no
 history and no sequencer: sockets bind on the publishers' exchange directly.
+
+Deadlines: start-up, readiness checks and every call on a request path take at most
+``HUB_BACKEND_TIMEOUT`` seconds per service; past it (or at once when a connection is
+known to be down) they raise BackendUnavailable, which sessions turn into 1013 and the
+HTTP API into 503. Start-up failures name the service and its URL without password.
 """
 
 from __future__ import annotations
@@ -10,14 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
+import aiormq
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from redis.exceptions import RedisError
 
 from hub.backends import redis_client
-from hub.backends.base import Presence
+from hub.backends.base import BackendUnavailable, Presence
 from hub.backends.rabbitmq import LiveBroker, declare_topology
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
@@ -26,7 +35,6 @@ from hub.settings import Settings
 
 log = logging.getLogger("hub.distributed")
 
-CHECK_TIMEOUT = 2.0
 #: Seconds between aio-pika's reconnection attempts (its default, 5 s, is a long outage).
 RECONNECT_INTERVAL = 1.0
 
@@ -42,10 +50,14 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = redis_client.connect(settings.redis_url)
+        self._redis: aioredis.Redis = redis_client.connect(settings.redis_url, settings.backend_timeout)
         self._history = (
             RedisHistory(
-                self._redis, prefix=settings.redis_prefix, size=settings.history_size, ttl=settings.history_ttl
+                self._redis,
+                prefix=settings.redis_prefix,
+                size=settings.history_size,
+                ttl=settings.history_ttl,
+                timeout=settings.backend_timeout,
             )
             if settings.history_enabled
             else None
@@ -56,6 +68,7 @@ class DistributedBackend:
             replica=settings.replica_id,
             ttl=settings.presence_ttl,
             on_transition=self._presence_event,
+            timeout=settings.backend_timeout,
         )
         self._connection: AbstractRobustConnection | None = None
         self._broker: LiveBroker | None = None
@@ -89,26 +102,45 @@ class DistributedBackend:
         return self._connection
 
     async def start(self) -> None:
+        """Connect to Redis and RabbitMQ and declare what is needed, each step within
+        ``backend_timeout``; on failure release what was opened and raise BackendUnavailable
+        with one line naming the service and its URL (without password)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         settings = self._settings
         assert settings.amqp_url is not None
-        await self._redis.ping()
-        self._connection = connection = await aio_pika.connect_robust(
-            settings.amqp_url,
-            reconnect_interval=RECONNECT_INTERVAL,
+        assert settings.redis_url is not None
+        async with _answering("Redis", settings.redis_url, settings.backend_timeout):
+            await self._redis.ping()
+        # Built here rather than by connect_robust, so that a failed first attempt can be
+        # closed (its reconnection task stopped); ``timeout`` bounds every later attempt
+        # too, so a reconnect to a port that accepts TCP and never speaks AMQP gives up.
+        self._connection = connection = aio_pika.RobustConnection(
+            aio_pika.connection.make_url(settings.amqp_url),
             client_properties={"connection_name": f"hub {settings.replica_id}"},
+            reconnect_interval=RECONNECT_INTERVAL,
         )
-        channel = await connection.channel()
-        await declare_topology(channel, settings)
-        # Presence events are fire-and-forget (no confirm, no return): a connect must not
-        # wait a broker round trip for an event nobody may be listening to.
-        events = await connection.channel(publisher_confirms=False)
-        self._presence_exchange = await events.get_exchange(settings.presence_exchange, ensure=False)
-        self._broker = LiveBroker(connection, settings)
-        await self._broker.start()
-        if self._history is not None:
-            self._sequencer = Sequencer(connection, self._history, settings)
-            await self._sequencer.start()
-        await self._presence.start()
+        async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
+            await connection.connect(timeout=settings.backend_timeout)
+        async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
+            channel = await connection.channel()
+            await declare_topology(channel, settings)
+            # Presence events are fire-and-forget (no confirm, no return): a connect must not
+            # wait a broker round trip for an event nobody may be listening to.
+            events = await connection.channel(publisher_confirms=False)
+            self._presence_exchange = await events.get_exchange(settings.presence_exchange, ensure=False)
+            self._broker = LiveBroker(connection, settings)
+            await self._broker.start()
+            if self._history is not None:
+                self._sequencer = Sequencer(connection, self._history, settings)
+                await self._sequencer.start()
+        async with _answering("Redis", settings.redis_url, settings.backend_timeout):
+            await self._presence.start()
 
     async def close(self) -> None:
         if self._sequencer is not None:
@@ -116,31 +148,45 @@ class DistributedBackend:
             self._sequencer = None
         with contextlib.suppress(Exception):
             await self._presence.close()
+        if self._broker is not None:
+            await self._broker.close()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
         await self._redis.aclose()
 
     async def check(self) -> dict[str, str | None]:
-        result: dict[str, str | None] = {}
-        connection = self._connection
-        if connection is None or connection.is_closed or not connection.connected.is_set():
-            result["rabbitmq"] = "not connected to RabbitMQ (reconnecting)"
-        else:
-            result["rabbitmq"] = None
+        """Each service's health, both probed at once within ``backend_timeout``: RabbitMQ
+        with a confirmed round trip (a stalled connection still looks connected), Redis
+        with PING."""
+        rabbitmq, redis = await asyncio.gather(self._check_rabbitmq(), self._check_redis())
+        return {"rabbitmq": rabbitmq, "redis": redis}
+
+    async def _check_rabbitmq(self) -> str | None:
+        connection, broker = self._connection, self._broker
+        if connection is None or broker is None or connection.is_closed or not connection.connected.is_set():
+            assert self._settings.amqp_url is not None
+            return f"not connected to RabbitMQ at {redact(self._settings.amqp_url)} (reconnecting)"
         try:
-            async with asyncio.timeout(CHECK_TIMEOUT):
+            await broker.probe()
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+
+    async def _check_redis(self) -> str | None:
+        try:
+            async with redis_client.deadline("PING", self._settings.backend_timeout):
                 await self._redis.ping()
-            result["redis"] = None
-        except Exception as exc:
-            result["redis"] = f"Redis did not answer PING: {exc!r}"
-        return result
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Counters of the live path and the sequencer (for metrics and tests)."""
         stats: dict[str, Any] = {}
         if self._broker is not None:
-            stats.update(overflows=self._broker.overflows, dropped=self._broker.dropped)
+            broker = self._broker
+            stats.update(overflows=broker.overflows, dropped=broker.dropped, restore_failures=broker.restore_failures)
         if self._sequencer is not None:
             s = self._sequencer.stats
             stats.update(
@@ -153,13 +199,54 @@ class DistributedBackend:
         return stats
 
     async def _presence_event(self, user: str, online: bool) -> None:
-        """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (DESIGN.md §6)."""
-        exchange = self._presence_exchange
-        if exchange is None:
+        """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (docs/protocol.md §6).
+
+        At most once: while RabbitMQ is away the event is dropped (raised as
+        BackendUnavailable, which presence logs) rather than holding up the connect.
+        """
+        exchange, connection = self._presence_exchange, self._connection
+        if exchange is None or connection is None:
             return
+        if not connection.connected.is_set():
+            raise BackendUnavailable("presence event dropped: not connected to RabbitMQ")
         kind = "online" if online else "offline"
         body = f'{{"user":"{user}","online":{"true" if online else "false"}}}'.encode()
         message = aio_pika.Message(
             body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
         )
-        await exchange.publish(message, routing_key=f"presence.{kind}.{user}", mandatory=False)
+        timeout = self._settings.backend_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await exchange.publish(message, routing_key=f"presence.{kind}.{user}", mandatory=False)
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"presence event dropped: RabbitMQ took more than {timeout:g} s") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BackendUnavailable(f"presence event dropped: {exc!r}") from exc
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``amqp://guest@host:5672/``): for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.asynccontextmanager
+async def _answering(service: str, url: str, seconds: float) -> AsyncIterator[None]:
+    """A start-up step: bounded by ``seconds``; any failure becomes one BackendUnavailable line
+    naming ``service`` and ``url`` (password removed, also from the cause's text)."""
+    where = f"{service} at {redact(url)}"
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise BackendUnavailable(f"{where} did not answer within {seconds:g} s") from exc
+    except (OSError, RedisError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+        reason = str(exc) or type(exc).__name__
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+        raise BackendUnavailable(f"{where} could not be used: {reason}") from exc

@@ -1,4 +1,4 @@
-"""RabbitMQ: the topology and the live path (DESIGN.md §4, §5).
+"""RabbitMQ: the topology and the live path (docs/protocol.md §4, §5).
 
 Each subscription (one socket) gets an exclusive, auto-delete queue bound to its topics
 on ``notifications.live`` (or on ``notifications`` when history is off), bounded by
@@ -10,10 +10,15 @@ Cost per connect is one round trip: the queue declare and the binds are sent wit
 ``nowait`` and the ``basic.consume`` that follows on the same channel is answered only
 after them, so its reply (or the channel error) settles all three. Subscriptions share a
 small pool of channels (RabbitMQ allows 2047 per connection); aiormq dispatches each
-delivery by consumer tag, which is the queue name. The connection is aio-pika's robust
-one: it reopens the channels after a drop; each channel's ``reopen_callbacks`` then
-re-declares its subscriptions' queues and makes each raise ``SubscriptionGap`` once, so
-the session back-fills from history whatever the old (deleted) queues held.
+delivery by consumer tag, which is the queue name (``hub.backends.live_queues``).
+
+Outages: ``publish`` and ``subscribe`` answer within ``backend_timeout`` (BackendUnavailable
+past it, at once while disconnected). The connection is aio-pika's robust one: it reopens
+the channels after a drop; each channel's ``reopen_callbacks`` then suspend its
+subscriptions and a background restorer declares their queues again (fresh names), until
+each is restored (it raises ``SubscriptionGap`` once, so the session back-fills from
+history whatever the old, deleted queue held) or its deadline passes (it raises
+``SubscriptionLost``: the socket is closed with 1013, never left open and silent).
 """
 
 from __future__ import annotations
@@ -21,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import aio_pika
@@ -31,7 +35,8 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, Exchan
 from aiormq.abc import DeliveredMessage
 
 from hub.backends.amqp_codec import LiveNotification, decode_body, json_frame, parse_live
-from hub.backends.base import BackendUnavailable, Receipt, SubscriptionGap, SubscriptionOverflow
+from hub.backends.base import BackendUnavailable, Receipt
+from hub.backends.live_queues import AmqpSubscription, ChannelSlot
 from hub.notification import Notification, new_id, now_ms
 from hub.protocol import json_dumps
 from hub.settings import Settings
@@ -40,6 +45,13 @@ log = logging.getLogger("hub.rabbitmq")
 
 CHANNEL_POOL = 8
 REASON_HEADER = "x-hub-reason"
+#: A subscription not restored within this many ``backend_timeout`` is lost (1013).
+RESTORE_DEADLINES = 3
+#: Seconds between restore attempts: doubling from the first to the longest.
+RESTORE_PAUSE_FIRST = 0.1
+RESTORE_PAUSE_MAX = 1.0
+#: The readiness probe's routing key on the default exchange: no queue has this name.
+PROBE_KEY = "hub.readiness-probe"
 
 
 async def declare_topology(channel: aio_pika.abc.AbstractChannel, settings: Settings) -> None:
@@ -70,210 +82,33 @@ async def declare_ingest(channel: aio_pika.abc.AbstractChannel, settings: Settin
     )
 
 
-class _Slot:
-    """One pooled channel and the acknowledgements of its deliveries.
-
-    Delivery tags are per channel and ``multiple=True`` acks every earlier tag of the
-    channel, whoever consumed it; so acks are coalesced here: the longest run of done
-    tags at the head goes in one multiple ack, the others one by one.
-    """
-
-    def __init__(self, channel: AbstractRobustChannel) -> None:
-        self.robust = channel
-        self.underlay: aiormq.abc.AbstractChannel | None = None
-        self.generation = 0
-        self.subscriptions: dict[str, AmqpSubscription] = {}
-        self._outstanding: deque[int] = deque()
-        self._done: set[int] = set()
-        self._acked: set[int] = set()
-        self._flush_scheduled = False
-
-    def delivered(self, tag: int) -> None:
-        self._outstanding.append(tag)
-
-    def ack(self, tags: list[int], generation: int) -> None:
-        if generation != self.generation:
-            return  # deliveries of a channel that is gone: the broker requeued them already
-        self._done.update(tags)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            # One task per loop turn acks what every subscription of the channel finished.
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        self._flush_scheduled = False
-        channel = self.underlay
-        if channel is None or channel.is_closed:
-            return
-        head: int | None = None
-        outstanding, done, acked = self._outstanding, self._done, self._acked
-        while outstanding and (outstanding[0] in done or outstanding[0] in acked):
-            tag = outstanding.popleft()
-            if tag in done:
-                done.discard(tag)
-                head = tag
-            else:
-                acked.discard(tag)
-        singles = list(done)
-        acked.update(singles)
-        done.clear()
-        try:
-            # wait=False: the frames are queued for the writer; acks have no reply.
-            if head is not None:
-                await channel.basic_ack(head, multiple=True, wait=False)
-            for tag in singles:
-                await channel.basic_ack(tag, wait=False)
-        except aiormq.exceptions.AMQPError:
-            log.debug("acks lost with their channel; the broker requeues those deliveries")
-
-    def reset(self, underlay: aiormq.abc.AbstractChannel) -> None:
-        self.underlay = underlay
-        self.generation += 1
-        self._outstanding.clear()
-        self._done.clear()
-        self._acked.clear()
-
-
-class AmqpSubscription:
-    """A socket's queue; see the module docstring. Created by ``LiveBroker.subscribe``."""
-
-    def __init__(
-        self,
-        broker: LiveBroker,
-        slot: _Slot,
-        topics: Sequence[str],
-        parse: Callable[[DeliveredMessage], Notification],
-    ) -> None:
-        self._broker = broker
-        self._slot = slot
-        self.topics = tuple(topics)
-        self.queue = f"hub.sock.{uuid.uuid4().hex}"
-        self._parse = parse
-        self._buffer: list[Notification] = []
-        self._tags: list[int] = []
-        self._unacked: list[int] = []
-        self._generation = slot.generation
-        self._ready = asyncio.Event()
-        self._overflowed = False
-        self._gap = False
-        self._restoring = False
-        self.closed = False
-
-    async def declare(self) -> None:
-        """Declare, bind and consume in one round trip on the slot's current channel."""
-        slot = self._slot
-        channel = await slot.robust.get_underlay_channel()
-        if channel is not slot.underlay:
-            slot.reset(channel)
-        self._generation = slot.generation
-        slot.subscriptions[self.queue] = self
-        settings = self._broker.settings
-        arguments: dict[str, Any] = {
-            "x-max-length": settings.socket_queue_size,
-            "x-overflow": "drop-head",
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": self._broker.overflow_queue,
-        }
-        await channel.queue_declare(self.queue, exclusive=True, auto_delete=True, arguments=arguments, nowait=True)
-        for topic in self.topics:
-            await channel.queue_bind(self.queue, self._broker.bind_exchange, routing_key=topic, nowait=True)
-        await channel.basic_consume(self.queue, self._on_message, consumer_tag=self.queue)
-
-    async def _on_message(self, message: DeliveredMessage) -> None:
-        tag = message.delivery_tag
-        assert tag is not None
-        self._slot.delivered(tag)
-        try:
-            notification = self._parse(message)
-        except Exception as exc:  # never let one bad body stop a socket; it is counted and dropped
-            log.warning("dropping an unreadable live message on %s: %s", self.queue, exc)
-            self._broker.dropped += 1
-            self._slot.ack([tag], self._slot.generation)
-            return
-        self._buffer.append(notification)
-        self._tags.append(tag)
-        self._ready.set()
-
-    def overflow(self) -> None:
-        self._overflowed = True
-        self._ready.set()
-
-    def suspend(self) -> None:
-        """The channel is back but this queue is not yet: hold ``receive`` until ``restored``.
-
-        The old channel's delivery tags die with it (the broker requeued or dropped those
-        messages), so they are forgotten here, before the new channel delivers anything.
-        """
-        self._restoring = True
-        self._tags.clear()
-        self._unacked.clear()
-
-    def restored(self) -> None:
-        """The queue is declared, bound and consumed again: messages published while it was
-        gone may be missing, so the next ``receive`` raises SubscriptionGap.
-
-        The order matters: the gap is raised only once the binds exist, so the back-fill
-        from history sees everything the live queue missed; and no delivery of the new
-        queue is handed out before it, so the back-fill starts from the last offset the
-        socket got before the drop.
-        """
-        self._restoring = False
-        self._gap = True
-        self._ready.set()
-
-    async def receive(self) -> Sequence[Notification]:
-        while True:
-            if self._overflowed:
-                raise SubscriptionOverflow(
-                    f"more than {self._broker.settings.socket_queue_size} notifications waiting for one socket"
-                )
-            if not self._restoring:
-                if self._gap:
-                    self._gap = False
-                    raise SubscriptionGap("the broker connection was restored; live messages may have been missed")
-                if self._buffer:
-                    break
-            self._ready.clear()
-            await self._ready.wait()
-        batch, self._buffer = self._buffer, []
-        self._unacked += self._tags
-        self._tags = []
-        return batch
-
-    def ack(self) -> None:
-        if self._unacked:
-            self._slot.ack(self._unacked, self._generation)
-            self._unacked = []
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._slot.subscriptions.pop(self.queue, None)
-        channel = self._slot.underlay
-        if channel is not None and not channel.is_closed:
-            # Cancelling the only consumer deletes the auto-delete queue (and its messages).
-            try:
-                await channel.basic_cancel(self.queue, nowait=True)
-            except aiormq.exceptions.AMQPError:
-                log.debug("cancel of %s after its channel closed", self.queue)
-
-
 class LiveBroker:
-    """The Broker seam over RabbitMQ: confirmed publishes in, per-socket queues out."""
+    """The Broker seam over RabbitMQ: confirmed publishes in, per-socket queues out.
+
+    Every call on a request path (``publish``, ``subscribe``, ``probe``) takes at most
+    ``settings.backend_timeout`` seconds and raises BackendUnavailable past it, or at
+    once while the connection is down or the channel broken.
+    """
 
     def __init__(self, connection: AbstractRobustConnection, settings: Settings) -> None:
         self._connection = connection
         self.settings = settings
         self.bind_exchange = settings.live_exchange if settings.history_enabled else settings.exchange
         self.overflow_queue = f"hub.overflow.{uuid.uuid4().hex}"
-        self._slots: list[_Slot] = []
+        self._slots: list[ChannelSlot] = []
         self._next = 0
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
         self.overflows = 0
         self.restores = 0
+        self.restore_failures = 0
+
+    @property
+    def restore_deadline(self) -> float:
+        """Seconds a subscription may take to be restored after its channel reopened."""
+        return RESTORE_DEADLINES * self.settings.backend_timeout
 
     async def start(self) -> None:
         """Open the channel pool and the overflow consumer."""
@@ -283,30 +118,86 @@ class LiveBroker:
         for _ in range(CHANNEL_POOL):
             robust: AbstractRobustChannel = await self._connection.channel(publisher_confirms=False)
             await robust.set_qos(prefetch_count=self.settings.prefetch)
-            slot = _Slot(robust)
+            slot = ChannelSlot(robust)
             slot.reset(await robust.get_underlay_channel())
             robust.reopen_callbacks.add(self._reopened(slot))
             self._slots.append(slot)
         overflow = await self._slots[0].robust.declare_queue(self.overflow_queue, exclusive=True, auto_delete=True)
         await overflow.consume(self._on_overflow, no_ack=True)
 
-    def _reopened(self, slot: _Slot) -> Callable[..., Any]:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``work`` in the background, kept until done and awaited by ``close``."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s ended: %r", task.get_name(), task.exception())
+
+    def _reopened(self, slot: ChannelSlot) -> Callable[..., Any]:
         async def reopened(channel: Any) -> None:
+            # Only bookkeeping here: a declare that fails closes the channel, and aio-pika
+            # does not reopen a channel that closes while its reopen callbacks run.
             slot.reset(await slot.robust.get_underlay_channel())
-            subscriptions = list(slot.subscriptions.values())
             self.restores += 1
-            for subscription in subscriptions:
-                subscription.suspend()
-            results = await asyncio.gather(*(s.declare() for s in subscriptions), return_exceptions=True)
-            for subscription, result in zip(subscriptions, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.warning("could not restore %s: %s; closing it", subscription.queue, result)
-                    subscription.overflow()  # the session closes (1013) and reconnects
-                else:
-                    subscription.restored()
-            log.info("restored %d live queues after a channel reopen", len(subscriptions))
+            deadline = asyncio.get_running_loop().time() + self.restore_deadline
+            for subscription in slot.subscriptions.values():
+                subscription.suspend(deadline)
+            if slot.subscriptions and (slot.restorer is None or slot.restorer.done()):
+                slot.restorer = self._spawn(self._restore(slot), "hub-restore-live-queues")
 
         return reopened
+
+    async def _restore(self, slot: ChannelSlot) -> None:
+        """Declare the slot's suspended subscriptions again until each is back, or lost once
+        its deadline passed: a socket is never left open and silent."""
+        pause = RESTORE_PAUSE_FIRST
+        loop = asyncio.get_running_loop()
+        while True:
+            waiting = [s for s in list(slot.subscriptions.values()) if s.restoring]
+            now = loop.time()
+            for subscription in waiting:
+                if subscription.restore_by is not None and now >= subscription.restore_by:
+                    self.restore_failures += 1
+                    log.warning("could not restore %s; closing its socket", subscription.queue)
+                    subscription.lose(
+                        f"the live queue could not be restored within {self.restore_deadline:g} s"
+                        " after a broker interruption"
+                    )
+            waiting = [s for s in waiting if s.restoring]
+            if not waiting:
+                return
+            await self._redeclare(slot, waiting)
+            if any(s.restoring for s in waiting):
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RESTORE_PAUSE_MAX)
+
+    async def _redeclare(self, slot: ChannelSlot, subscriptions: list[AmqpSubscription]) -> None:
+        """One attempt for every subscription, together; given up when the broker stops
+        answering for ``backend_timeout`` (not when a long batch is still progressing)."""
+        timeout = self.settings.backend_timeout
+        loop = asyncio.get_running_loop()
+
+        async def one(subscription: AmqpSubscription) -> None:
+            try:
+                await subscription.declare()
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                log.info("restoring %s failed (%r); retrying", subscription.queue, exc)
+                return
+            deadline.reschedule(loop.time() + timeout)
+            if subscription.restoring and slot.generation == subscription._generation:
+                subscription.restored()
+
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                await asyncio.gather(*(one(s) for s in subscriptions))
+        except TimeoutError:
+            log.warning("RabbitMQ did not answer while restoring live queues; retrying")
+        restored = sum(not s.restoring for s in subscriptions)
+        log.info("restored %d of %d live queues after a channel reopen", restored, len(subscriptions))
 
     async def _on_overflow(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         deaths = message.headers.get("x-death")
@@ -320,14 +211,43 @@ class LiveBroker:
                 subscription.overflow()
 
     async def close(self) -> None:
-        """Nothing beyond the connection: closing it deletes every exclusive queue."""
+        """Stop background work; closing the connection then deletes every exclusive queue."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _connected(self) -> None:
+        """Fail at once while the connection is down: waiting would only reach the deadline."""
+        if not self._connection.connected.is_set():
+            raise BackendUnavailable("not connected to RabbitMQ (reconnecting)")
+
+    async def probe(self) -> None:
+        """One confirmed round trip on the publishing channel (for readiness): a message to
+        the default exchange that no queue takes, so the broker drops it and confirms.
+        Raises BackendUnavailable past ``backend_timeout``."""
+        self._connected()
+        assert self._publish_channel is not None
+        timeout = self.settings.backend_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                exchange = self._publish_channel.default_exchange
+                await exchange.publish(aio_pika.Message(b""), routing_key=PROBE_KEY, mandatory=False)
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"RabbitMQ did not confirm a probe within {timeout:g} s") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BackendUnavailable(f"RabbitMQ did not confirm a probe: {exc!r}") from exc
 
     # ------------------------------------------------------------------ the seam
 
     async def publish(
         self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
     ) -> Receipt:
-        """Confirmed, persistent publish to ``notifications``; the sequencer assigns the offset."""
+        """Confirmed, persistent publish to ``notifications``; the sequencer assigns the offset.
+
+        Raises BackendUnavailable when the broker does not confirm within ``backend_timeout``:
+        the message may still have been taken, so a retry should reuse ``message_id``.
+        """
         assert self._exchange is not None
         id = message_id or new_id()
         message = aio_pika.Message(
@@ -338,23 +258,52 @@ class LiveBroker:
             expiration=ttl,
             headers={"ts": now_ms()},
         )
+        self._connected()
+        timeout = self.settings.backend_timeout
         try:
-            await self._exchange.publish(message, routing_key=topic, mandatory=False)
-        except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            async with asyncio.timeout(timeout):
+                await self._exchange.publish(message, routing_key=topic, mandatory=False)
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"RabbitMQ did not confirm the publish within {timeout:g} s") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BackendUnavailable(f"RabbitMQ did not confirm the publish: {exc!r}") from exc
         return Receipt(id, None)
 
     async def subscribe(self, topics: Sequence[str]) -> AmqpSubscription:
-        slot = self._slots[self._next % len(self._slots)]
-        self._next += 1
+        """Open a socket's queue within ``backend_timeout``, or raise BackendUnavailable.
+
+        The deadline is on the broker's silence: a declare queued behind others on a busy
+        channel (a connect storm) waits as long as the channel keeps answering. A declare
+        that outlives the deadline goes on in the background and cancels its consumer when
+        the broker answers, so nothing is left behind.
+        """
+        slot = self._usable_slot()
         parse = _parse_live if self.settings.history_enabled else _parse_direct
         subscription = AmqpSubscription(self, slot, topics, parse)
+        declaring = self._spawn(subscription.declare(), "hub-declare-live-queue")
+        timeout = self.settings.backend_timeout
         try:
-            await subscription.declare()
+            await slot.progressing(declaring, timeout)
+        except TimeoutError as exc:
+            subscription.abandon()
+            raise BackendUnavailable(f"RabbitMQ did not open a live queue within {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            slot.subscriptions.pop(subscription.queue, None)
+            subscription.abandon()
             raise BackendUnavailable(f"could not open a live queue: {exc!r}") from exc
+        except BaseException:
+            subscription.abandon()
+            raise
         return subscription
+
+    def _usable_slot(self) -> ChannelSlot:
+        """The next pooled channel that is open, round robin."""
+        self._connected()
+        for _ in range(len(self._slots)):
+            slot = self._slots[self._next % len(self._slots)]
+            self._next += 1
+            if slot.usable:
+                return slot
+        raise BackendUnavailable("no open channel to RabbitMQ (being reopened)")
 
 
 def _parse_live(message: DeliveredMessage) -> Notification:

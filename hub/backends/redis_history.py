@@ -25,7 +25,7 @@ import msgpack
 from redis.asyncio import Redis
 
 from hub.backends.base import HistoryRead
-from hub.backends.redis_client import unavailable
+from hub.backends.redis_client import deadline
 from hub.notification import Notification, now_ms
 from hub.protocol import json_dumps
 from hub.topics import ZERO_OFFSET, parse_offset
@@ -116,11 +116,13 @@ class RedisHistory:
     """Per-topic history in Redis streams, capped at ``size`` entries and ``ttl`` seconds.
 
     ``redis`` must be a client created with ``decode_responses=False``. The history does
-    not own it: the caller closes it.
+    not own it: the caller closes it. ``latest`` and ``read`` (a connect's path) take at
+    most ``timeout`` seconds (``settings.backend_timeout``), then raise BackendUnavailable.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str, size: int, ttl: float) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, size: int, ttl: float, timeout: float = 3.0) -> None:
         self._redis = redis
+        self._timeout = timeout
         self._prefix = prefix
         self._size = size
         self._ttl_ms = int(ttl * 1000)
@@ -159,23 +161,21 @@ class RedisHistory:
         return (await self.append_batch([(topic, id, ts, JSON_KIND, encoded)]))[0]
 
     async def latest(self, topics: Sequence[str]) -> dict[str, str]:
-        with unavailable("latest offsets"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for topic in topics:
-                    pipe.xrevrange(self.stream_key(topic), count=1)
-                results = await pipe.execute()
+        async with deadline("latest offsets", self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for topic in topics:
+                pipe.xrevrange(self.stream_key(topic), count=1)
+            results = await pipe.execute()
         return {t: (r[0][0].decode() if r else ZERO_OFFSET) for t, r in zip(topics, results, strict=True)}
 
     async def read(self, after: Mapping[str, str]) -> dict[str, HistoryRead]:
         topics = list(after)
         horizon = self._horizon()
-        with unavailable("history read"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for topic in topics:
-                    start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
-                    args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start]
-                    await self._read(keys=[self.stream_key(topic)], args=args, client=pipe)
-                results = await pipe.execute()
+        async with deadline("history read", self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for topic in topics:
+                start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
+                args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start]
+                await self._read(keys=[self.stream_key(topic)], args=args, client=pipe)
+            results = await pipe.execute()
         reads: dict[str, HistoryRead] = {}
         for topic, (exists, max_deleted, entries) in zip(topics, results, strict=True):
             key = parse_offset(after[topic])

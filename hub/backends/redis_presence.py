@@ -1,4 +1,4 @@
-"""Presence across replicas in Redis (DESIGN.md §6).
+"""Presence across replicas in Redis (docs/protocol.md §6).
 
 Keys (``P`` is ``<prefix>presence:``):
 
@@ -23,6 +23,16 @@ script and its ``on_transition`` call loses that one event (at most once there);
 events for one user fired by two replicas at the same moment may reach the exchange
 in either order. Keys are built inside the scripts, so this needs a single Redis (or a
 primary with replicas), not Redis Cluster.
+
+Outages: every call on a connect's path (``add``, ``remove``, ``count``) takes at most
+``timeout`` seconds and then raises BackendUnavailable — except ``remove``, which never
+raises. A socket closed while Redis was away must not stay counted (its user would show
+online and, at the per-user cap, be refused with 4008), and an ``add`` that timed out may
+still land later (Redis stalled, not down). So after any failure the heartbeat
+reconciles, on its next ``RECONCILE_PASSES`` successful beats: every entry of this
+replica's hash that no open connection of this replica holds is removed (firing its
+offline event). Until then, removals do not even try Redis: a close is not slowed by a
+Redis known to be away, and the reconciliation removes them.
 """
 
 from __future__ import annotations
@@ -30,154 +40,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from hub.backends.base import Connection
-from hub.backends.redis_client import unavailable
+from hub.backends.base import BackendUnavailable, Connection
+from hub.backends.presence_scripts import (
+    ADD_SCRIPT,
+    HEARTBEAT_SCRIPT,
+    REAP_SCRIPT,
+    REMOVE_SCRIPT,
+    REPLICAS_SCRIPT,
+)
+
+# Re-exported: the presence client and scripts read presence without a running hub.
+from hub.backends.presence_scripts import COUNT_SCRIPT as COUNT_SCRIPT
+from hub.backends.presence_scripts import count_users as count_users
+from hub.backends.presence_scripts import presence_keys as presence_keys
+from hub.backends.redis_client import deadline
 
 log = logging.getLogger("hub.presence")
 
 Transition = Callable[[str, bool], Awaitable[None]]
 
-# KEYS: replicas zset, replica hash, user hash. ARGV: replica, conn id, user.
-# Returns {live connections of the user, 1 if the user just went online}.
-# Shared by both scripts: the user's connections (hash KEYS[3], conn → replica) whose
-# replica's lease (score in the zset KEYS[1], ms) has not run out.
-_LIVE = """
-local function live_connections()
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local live = 0
-  local conns = redis.call('HGETALL', KEYS[3])
-  for i = 2, #conns, 2 do
-    local deadline = redis.call('ZSCORE', KEYS[1], conns[i])
-    if deadline and tonumber(deadline) >= now then live = live + 1 end
-  end
-  return live
-end
-"""
-
-_ADD = (
-    _LIVE
-    + """
-local became = 0
-if redis.call('EXISTS', KEYS[3]) == 0 then became = 1 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
-return {live_connections(), became}
-"""
-)
-
-# KEYS: replicas zset, replica hash, user hash. ARGV: conn id.
-# Returns {live connections of the user left, 1 if the user just went offline}.
-_REMOVE = (
-    _LIVE
-    + """
-local removed = redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-local went = 0
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  if removed == 1 then went = 1 end
-  return {0, went}
-end
-return {live_connections(), went}
-"""
-)
-
-# KEYS: replicas zset. ARGV: key prefix P, then user ids. Returns live counts, in order.
-COUNT_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local result = {}
-local alive = {}
-for j = 2, #ARGV do
-  local live = 0
-  local conns = redis.call('HGETALL', ARGV[1] .. 'u:' .. ARGV[j])
-  for i = 2, #conns, 2 do
-    local r = conns[i]
-    if alive[r] == nil then
-      local deadline = redis.call('ZSCORE', KEYS[1], r)
-      alive[r] = (deadline ~= false and deadline ~= nil and tonumber(deadline) >= now)
-    end
-    if alive[r] then live = live + 1 end
-  end
-  result[#result + 1] = live
-end
-return result
-"""
-
-# KEYS: replicas zset. ARGV: replica, lease ms. Renews the lease; returns 0 when the
-# replica had been reaped (its lease was gone), 1 otherwise.
-_HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local had = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-if had then return 1 end
-return 0
-"""
-
-# KEYS: replicas zset. ARGV: key prefix P, then either a replica id to drop
-# unconditionally ("self") or nothing (reap the first replica whose lease expired).
-# Returns {replica reaped or '', user, user, ...} — the users who went offline.
-_REAP = """
-local replica = ARGV[2]
-if replica == nil then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 1)
-  if #dead == 0 then return {''} end
-  replica = dead[1]
-end
-local result = {replica}
-local rkey = ARGV[1] .. 'r:' .. replica
-local conns = redis.call('HGETALL', rkey)
-for i = 1, #conns, 2 do
-  local ukey = ARGV[1] .. 'u:' .. conns[i + 1]
-  redis.call('HDEL', ukey, conns[i])
-  if redis.call('EXISTS', ukey) == 0 then result[#result + 1] = conns[i + 1] end
-end
-redis.call('DEL', rkey)
-redis.call('ZREM', KEYS[1], replica)
-return result
-"""
-
-# KEYS: replicas zset. ARGV: key prefix P. Returns {replica, count, ...} of live replicas.
-_REPLICAS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-local result = {}
-for _, r in ipairs(live) do
-  result[#result + 1] = r
-  result[#result + 1] = redis.call('HLEN', ARGV[1] .. 'r:' .. r)
-end
-return result
-"""
-
 MAX_REAPS_PER_SWEEP = 100
-
-
-def presence_keys(prefix: str) -> tuple[str, str]:
-    """The key prefix ``P`` of presence and its replicas sorted set, for ``prefix``."""
-    base = f"{prefix}presence:"
-    return base, base + "replicas"
-
-
-async def count_users(redis: aioredis.Redis, prefix: str, users: Sequence[str]) -> dict[str, int]:
-    """Live connections of each user across every replica, read straight from Redis.
-
-    Usable without a running hub (the publish helper, scripts): a connection counts
-    only while its replica's lease is live. ``users`` must be valid user ids.
-    """
-    if not users:
-        return {}
-    base, replicas = presence_keys(prefix)
-    counts = await redis.eval(COUNT_SCRIPT, 1, replicas, base, *users)
-    return {user: int(c) for user, c in zip(users, counts, strict=True)}
+#: Heartbeats that reconcile this replica's entries after a failed call (see the module
+#: docstring): more than one, so an ``add`` that lands late after the first is still caught.
+RECONCILE_PASSES = 2
 
 
 class RedisPresence:
@@ -187,7 +77,8 @@ class RedisPresence:
     and ``await close()`` at shutdown (it stops the heartbeat and removes this
     replica's connections, firing their offline events). ``on_transition(user, online)``
     is awaited once per transition that this replica's calls observed; its failures are
-    logged, never raised into the connection that caused them.
+    logged, never raised into the connection that caused them. ``timeout`` bounds each
+    call of the seam (``settings.backend_timeout``).
     """
 
     def __init__(
@@ -198,6 +89,7 @@ class RedisPresence:
         replica: str,
         ttl: int,
         on_transition: Transition | None = None,
+        timeout: float = 3.0,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"expected a positive presence ttl in seconds, got {ttl}")
@@ -209,14 +101,16 @@ class RedisPresence:
         self._lease_ms = int(ttl * 750)
         self._interval = ttl / 4
         self._on_transition = on_transition
+        self._timeout = timeout
         self._local: dict[str, str] = {}  # conn id → user: what to re-register after a reap
+        self._reconcile = 0  # heartbeats that still have to reconcile (a call failed)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._add = redis.register_script(_ADD)
-        self._remove = redis.register_script(_REMOVE)
-        self._heartbeat = redis.register_script(_HEARTBEAT)
-        self._reap = redis.register_script(_REAP)
-        self._replicas = redis.register_script(_REPLICAS)
+        self._add = redis.register_script(ADD_SCRIPT)
+        self._remove = redis.register_script(REMOVE_SCRIPT)
+        self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
+        self._reap = redis.register_script(REAP_SCRIPT)
+        self._replicas = redis.register_script(REPLICAS_SCRIPT)
 
     def _rkey(self) -> str:
         return f"{self._base}r:{self.replica}"
@@ -255,26 +149,73 @@ class RedisPresence:
         """Record ``conn`` (its ``replica`` must be this one's); return the user's live count."""
         self._local[conn.conn_id] = conn.user
         keys = [self._replicas_key, self._rkey(), self._ukey(conn.user)]
-        with unavailable("presence add"):
+        async with self._call("presence add"):
             live, became = await self._add(keys=keys, args=[self.replica, conn.conn_id, conn.user])
         if became:
             await self._fire(conn.user, True)
         return int(live)
 
-    async def remove(self, conn: Connection) -> int:
-        """Forget ``conn`` (idempotent); return the user's remaining live count."""
+    async def remove(self, conn: Connection) -> int | None:
+        """Forget ``conn`` (idempotent); return the user's remaining live count.
+
+        Never raises BackendUnavailable: when Redis cannot take the removal now, or failed
+        lately, the heartbeat's reconciliation removes the entry once Redis answers, and
+        the count is None.
+        """
         self._local.pop(conn.conn_id, None)
-        keys = [self._replicas_key, self._rkey(), self._ukey(conn.user)]
-        with unavailable("presence remove"):
-            live, went = await self._remove(keys=keys, args=[conn.conn_id])
-        if went:
-            await self._fire(conn.user, False)
-        return int(live)
+        if self._reconcile:
+            self._reconcile = RECONCILE_PASSES  # a pass already under way may have scanned it
+            return None
+        try:
+            return await self._remove_now(conn.conn_id, conn.user)
+        except BackendUnavailable as exc:
+            log.warning("presence of %s left to the heartbeat's reconciliation: %s", conn.conn_id, exc)
+            return None
 
     async def count(self, users: Sequence[str]) -> dict[str, int]:
         """Live connections of each user on every replica whose lease is current."""
-        with unavailable("presence count"):
+        async with self._call("presence count"):
             return await count_users(self._redis, self._prefix, users)
+
+    @property
+    def reconciling(self) -> bool:
+        """A call failed lately: the next heartbeats reconcile this replica's entries."""
+        return self._reconcile > 0
+
+    @contextlib.asynccontextmanager
+    async def _call(self, what: str) -> AsyncIterator[None]:
+        """``deadline``, and a failure schedules the reconciliation (see the module docstring)."""
+        try:
+            async with deadline(what, self._timeout):
+                yield
+        except BackendUnavailable:
+            self._reconcile = RECONCILE_PASSES
+            raise
+
+    async def _remove_now(self, conn_id: str, user: str) -> int:
+        keys = [self._replicas_key, self._rkey(), self._ukey(user)]
+        async with self._call("presence remove"):
+            live, went = await self._remove(keys=keys, args=[conn_id])
+        if went:
+            await self._fire(user, False)
+        return int(live)
+
+    async def reconcile(self) -> int:
+        """Remove every entry of this replica that none of its open connections holds (closed
+        while Redis was away, or added late after a timeout); return how many.
+
+        Safe against concurrent calls: an ``add`` records its connection locally before it
+        reaches Redis, and a removal is idempotent (its offline event fires once).
+        """
+        phantoms: dict[str, str] = {}
+        async for conn_id, user in self._redis.hscan_iter(self._rkey(), count=1000):
+            if _text(conn_id) not in self._local:
+                phantoms[_text(conn_id)] = _text(user)
+        for conn_id, user in phantoms.items():
+            await self._remove_now(conn_id, user)
+        if phantoms:
+            log.warning("presence of %d connections closed while Redis was away removed", len(phantoms))
+        return len(phantoms)
 
     async def replicas(self) -> dict[str, int]:
         """Each live replica's connection count."""
@@ -311,6 +252,9 @@ class RedisPresence:
                 alive = await self._heartbeat(keys=[self._replicas_key], args=[self.replica, self._lease_ms])
                 if not alive:
                     await self._reregister()
+                if self._reconcile:
+                    await self.reconcile()
+                    self._reconcile -= 1
                 await self.sweep()
             except Exception:  # Redis down or slow: keep trying, the lease says the truth
                 log.exception("presence heartbeat of %s failed", self.replica)
@@ -330,6 +274,8 @@ class RedisPresence:
             return
         try:
             await self._on_transition(user, online)
+        except BackendUnavailable as exc:  # the broker is away: the event is lost (at most once)
+            log.warning("presence event %s %s not sent: %s", user, "online" if online else "offline", exc)
         except Exception:
             log.exception("presence event %s %s failed", user, "online" if online else "offline")
 

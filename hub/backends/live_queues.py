@@ -1,0 +1,316 @@
+"""A socket's live queue on a pooled channel, and the channel's acknowledgements.
+
+The live path is described in ``hub.backends.rabbitmq`` (which creates these). Each
+subscription declares an exclusive, auto-delete queue with a fresh name, bound to its
+topics and consumed on one of the broker's pooled channels (``ChannelSlot``); the slot
+coalesces the acks of every subscription on its channel. After the channel reopens, the
+broker suspends each subscription until its queue is declared again (``restored``: the
+session back-fills the gap) or its deadline passes (``lose``: the session closes 1013).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import aiormq
+from aio_pika.abc import AbstractRobustChannel
+from aiormq.abc import DeliveredMessage
+
+from hub.backends.base import SubscriptionGap, SubscriptionLost, SubscriptionOverflow
+from hub.notification import Notification
+from hub.settings import Settings
+
+log = logging.getLogger("hub.rabbitmq")
+
+#: Milliseconds an unconsumed socket queue lives (one whose declare was cut short).
+ORPHAN_EXPIRY_MS = 60_000
+
+
+class QueueOwner(Protocol):
+    """What a subscription needs of the broker that created it."""
+
+    settings: Settings
+    bind_exchange: str  # where the queue binds its topics
+    overflow_queue: str  # where the queue dead-letters what it drops
+    dropped: int  # unreadable live messages, counted
+
+
+class ChannelSlot:
+    """One pooled channel and the acknowledgements of its deliveries.
+
+    Delivery tags are per channel and ``multiple=True`` acks every earlier tag of the
+    channel, whoever consumed it; so acks are coalesced here: the longest run of done
+    tags at the head goes in one multiple ack, the others one by one. Every delivered tag
+    must be settled (``ack``) once, by its subscription or when it closes: one tag left
+    unsettled would hold the head forever, keep every later tag of the channel in memory
+    and turn every later ack into a single one.
+    """
+
+    def __init__(self, channel: AbstractRobustChannel) -> None:
+        self.robust = channel
+        self.underlay: aiormq.abc.AbstractChannel | None = None
+        self.generation = 0
+        self.subscriptions: dict[str, AmqpSubscription] = {}
+        self.restorer: asyncio.Task[None] | None = None
+        self.answered = 0.0  # loop time of the channel's last answered declare: it is alive
+        self._outstanding: deque[int] = deque()
+        self._done: set[int] = set()
+        self._acked: set[int] = set()
+        self._flush_scheduled = False
+
+    @property
+    def usable(self) -> bool:
+        """The slot's current channel is open (a subscribe may use it)."""
+        return self.underlay is not None and not self.underlay.is_closed
+
+    def delivered(self, tag: int) -> None:
+        self._outstanding.append(tag)
+
+    def ack(self, tags: list[int], generation: int) -> None:
+        if generation != self.generation:
+            return  # deliveries of a channel that is gone: the broker requeued them already
+        self._done.update(tags)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # One task per loop turn acks what every subscription of the channel finished.
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        self._flush_scheduled = False
+        channel = self.underlay
+        if channel is None or channel.is_closed:
+            return
+        head: int | None = None
+        outstanding, done, acked = self._outstanding, self._done, self._acked
+        while outstanding and (outstanding[0] in done or outstanding[0] in acked):
+            tag = outstanding.popleft()
+            if tag in done:
+                done.discard(tag)
+                head = tag
+            else:
+                acked.discard(tag)
+        singles = list(done)
+        acked.update(singles)
+        done.clear()
+        try:
+            # wait=False: the frames are queued for the writer; acks have no reply.
+            if head is not None:
+                await channel.basic_ack(head, multiple=True, wait=False)
+            for tag in singles:
+                await channel.basic_ack(tag, wait=False)
+        except (aiormq.exceptions.AMQPError, RuntimeError):
+            log.debug("acks lost with their channel; the broker requeues those deliveries")
+
+    async def progressing(self, work: asyncio.Task[None], seconds: float) -> None:
+        """Wait for ``work`` until this channel has answered nothing for ``seconds`` (since
+        this wait began or since its last answer), then raise TimeoutError; ``work`` is left
+        running (it is never cancelled from here). Raises what ``work`` raised.
+
+        A deadline on the broker's silence, not on the queue: behind a connect storm's
+        declares on a busy channel, a declare waits as long as the channel keeps answering.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while not work.done():
+            try:
+                async with asyncio.timeout_at(max(began, self.answered) + seconds):
+                    await asyncio.wait({work})
+            except TimeoutError:
+                if max(began, self.answered) + seconds <= loop.time():
+                    raise
+        work.result()
+
+    def reset(self, underlay: aiormq.abc.AbstractChannel) -> None:
+        self.underlay = underlay
+        self.generation += 1
+        self._outstanding.clear()
+        self._done.clear()
+        self._acked.clear()
+
+
+class AmqpSubscription:
+    """A socket's queue; see the module docstring. Created by ``LiveBroker.subscribe``."""
+
+    def __init__(
+        self,
+        broker: QueueOwner,
+        slot: ChannelSlot,
+        topics: Sequence[str],
+        parse: Callable[[DeliveredMessage], Notification],
+    ) -> None:
+        self._broker = broker
+        self._slot = slot
+        self.topics = tuple(topics)
+        self.queue = ""  # named by each ``declare``
+        self._parse = parse
+        self._buffer: list[Notification] = []
+        self._tags: list[int] = []
+        self._unacked: list[int] = []
+        self._generation = slot.generation
+        self._consuming_on: aiormq.abc.AbstractChannel | None = None
+        self._ready = asyncio.Event()
+        self._overflowed = False
+        self._gap = False
+        self._lost: str | None = None
+        self.restoring = False
+        self.restore_by: float | None = None  # loop time: restored by then, or lost
+        self.closed = False
+
+    async def declare(self) -> None:
+        """Declare a fresh queue, bind and consume, in one round trip on the slot's current channel.
+
+        A fresh name every time: after a network partition the broker may still hold the
+        previous queue, exclusive to a connection it has not yet found dead, and would
+        refuse its name. A subscription closed while this was waiting for the broker
+        cancels the consumer as soon as it exists, so nothing is left behind.
+        """
+        slot = self._slot
+        channel = await slot.robust.get_underlay_channel()
+        if channel is not slot.underlay:
+            slot.reset(channel)
+        previous = self.queue
+        if self._consuming_on is channel and not channel.is_closed:
+            await channel.basic_cancel(previous, nowait=True)  # never two consumers for one socket
+        slot.subscriptions.pop(previous, None)
+        self.queue = queue = f"hub.sock.{uuid.uuid4().hex}"
+        self._generation = slot.generation
+        if not self.closed:
+            slot.subscriptions[queue] = self
+        settings = self._broker.settings
+        arguments: dict[str, Any] = {
+            "x-max-length": settings.socket_queue_size,
+            "x-overflow": "drop-head",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self._broker.overflow_queue,
+            # A declare cut short before its consume leaves a queue nobody consumes (and the
+            # exclusive queue lives as long as the connection): the broker deletes it then.
+            "x-expires": ORPHAN_EXPIRY_MS,
+        }
+        await channel.queue_declare(queue, exclusive=True, auto_delete=True, arguments=arguments, nowait=True)
+        for topic in self.topics:
+            await channel.queue_bind(queue, self._broker.bind_exchange, routing_key=topic, nowait=True)
+        await channel.basic_consume(queue, self._on_message, consumer_tag=queue)
+        self._consuming_on = channel
+        slot.answered = asyncio.get_running_loop().time()
+        if self.closed:
+            await self._cancel(channel)
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        tag = message.delivery_tag
+        assert tag is not None
+        slot = self._slot
+        slot.delivered(tag)
+        if self.closed:  # delivered before the broker took the cancel: the queue goes anyway
+            slot.ack([tag], slot.generation)
+            return
+        try:
+            notification = self._parse(message)
+        except Exception as exc:  # never let one bad body stop a socket; it is counted and dropped
+            log.warning("dropping an unreadable live message on %s: %s", self.queue, exc)
+            self._broker.dropped += 1
+            slot.ack([tag], slot.generation)
+            return
+        self._buffer.append(notification)
+        self._tags.append(tag)
+        self._ready.set()
+
+    def overflow(self) -> None:
+        self._overflowed = True
+        self._ready.set()
+
+    def suspend(self, deadline: float) -> None:
+        """The channel is back but this queue is not yet: hold ``receive`` until ``restored``,
+        or until ``deadline`` (loop time) passes and the restorer gives it up (``lose``).
+
+        The old channel's delivery tags die with it (the broker requeued or dropped those
+        messages), so they are forgotten here, before the new channel delivers anything.
+        """
+        self.restoring = True
+        if self.restore_by is None:
+            self.restore_by = deadline
+        self._consuming_on = None
+        self._tags.clear()
+        self._unacked.clear()
+
+    def restored(self) -> None:
+        """The queue is declared, bound and consumed again: messages published while it was
+        gone may be missing, so the next ``receive`` raises SubscriptionGap.
+
+        The order matters: the gap is raised only once the binds exist, so the back-fill
+        from history sees everything the live queue missed; and no delivery of the new
+        queue is handed out before it, so the back-fill starts from the last offset the
+        socket got before the drop.
+        """
+        self.restoring = False
+        self.restore_by = None
+        self._gap = True
+        self._ready.set()
+
+    def lose(self, reason: str) -> None:
+        """Give up restoring: the next ``receive`` raises SubscriptionLost with ``reason``."""
+        self.restoring = False
+        self._lost = reason
+        self._slot.subscriptions.pop(self.queue, None)
+        self._ready.set()
+
+    async def receive(self) -> Sequence[Notification]:
+        while True:
+            if self._lost is not None:
+                raise SubscriptionLost(self._lost)
+            if self._overflowed:
+                raise SubscriptionOverflow(
+                    f"more than {self._broker.settings.socket_queue_size} notifications waiting for one socket"
+                )
+            if not self.restoring:
+                if self._gap:
+                    self._gap = False
+                    raise SubscriptionGap("the broker connection was restored; live messages may have been missed")
+                if self._buffer:
+                    break
+            self._ready.clear()
+            await self._ready.wait()
+        batch, self._buffer = self._buffer, []
+        self._unacked += self._tags
+        self._tags = []
+        return batch
+
+    def ack(self) -> None:
+        if self._unacked:
+            self._slot.ack(self._unacked, self._generation)
+            self._unacked = []
+
+    def abandon(self) -> None:
+        """Close without waiting for the broker: what ``close`` does, the cancel left to
+        ``declare`` (still running, its caller gave up) or to the channel's end."""
+        if self.closed:
+            return
+        self.closed = True
+        self._slot.subscriptions.pop(self.queue, None)
+        # Deliveries handed out or buffered but never acked are acked now: this queue is
+        # deleted anyway, and an unsettled tag would block the slot's multiple acks.
+        leftover = self._unacked + self._tags
+        self._unacked, self._tags, self._buffer = [], [], []
+        if leftover:
+            self._slot.ack(leftover, self._generation)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.abandon()
+        channel = self._consuming_on
+        if channel is not None and channel is self._slot.underlay and not channel.is_closed:
+            # Cancelling the only consumer deletes the auto-delete queue (and its messages).
+            await self._cancel(channel)
+
+    async def _cancel(self, channel: aiormq.abc.AbstractChannel) -> None:
+        try:
+            async with asyncio.timeout(self._broker.settings.backend_timeout):
+                await channel.basic_cancel(self.queue, nowait=True)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError):
+            # The channel is gone (its consumers with it) or stuck: the queue expires unused.
+            log.debug("cancel of %s after its channel closed or stalled", self.queue)
