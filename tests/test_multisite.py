@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from hub.publisher import Publisher
+from testkit.rabbit_node import RabbitNode, start_nodes
 from tests.distributed_env import REDIS_URL, drop_redis_keys
 from tests.harness import RunningHub, run_hub, wait_for
-from testkit.rabbit_node import RabbitNode, start_nodes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
