@@ -15,6 +15,7 @@ runs a ``Publisher`` on an event loop in a background thread.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from types import TracebackType
@@ -51,8 +52,10 @@ class Publisher:
         persistent: bool = True,
         redis_url: str | None = None,
         redis_prefix: str = DEFAULTS.redis_prefix,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
+        self._ssl_context = ssl_context  # for amqps:// (hub.tls.amqp_ssl_context); None: the system's CAs
         self._redis_url, self._redis_prefix = redis_url, redis_prefix  # for is_online / online_many
         self._redis: Any = None
         self._exchange_name = exchange
@@ -70,7 +73,7 @@ class Publisher:
         """Open the connection and a confirming channel; the exchange must exist (the hub declares it)."""
         if self._connection is not None:
             return
-        self._connection = await aio_pika.connect_robust(self._url)
+        self._connection = await aio_pika.connect_robust(self._url, ssl_context=self._ssl_context)
         channel = await self._connection.channel(publisher_confirms=True)
         self._exchange = await channel.get_exchange(self._exchange_name)
 
@@ -183,13 +186,19 @@ class BlockingPublisher:
         timeout: float = 30.0,
         redis_url: str | None = None,
         redis_prefix: str = DEFAULTS.redis_prefix,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hub-publisher", daemon=True)
         self._thread.start()
         self._publisher = Publisher(
-            url, exchange=exchange, persistent=persistent, redis_url=redis_url, redis_prefix=redis_prefix
+            url,
+            exchange=exchange,
+            persistent=persistent,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            ssl_context=ssl_context,
         )
         try:
             self._call(self._publisher.connect())
@@ -256,4 +265,11 @@ def _amqp_url(settings: Settings) -> str:
 
 
 def _keywords(settings: Settings) -> dict[str, Any]:
-    return {"exchange": settings.exchange, "redis_url": settings.redis_url, "redis_prefix": settings.redis_prefix}
+    from hub.tls import amqp_ssl_context
+
+    return {
+        "exchange": settings.exchange,
+        "redis_url": settings.redis_url,
+        "redis_prefix": settings.redis_prefix,
+        "ssl_context": amqp_ssl_context(settings),
+    }

@@ -17,6 +17,7 @@ from hub.app import create_app
 from hub.logs import uvicorn_log_config
 from hub.node import Node
 from hub.startup import StartupError, quiet_libraries, start_node
+from hub.tls import server_options
 from hub.workers import listening_socket
 
 log = logging.getLogger("hub.server")
@@ -63,6 +64,7 @@ def build_server(node: Node) -> uvicorn.Server:
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+        **server_options(settings),
     )
     return _Server(config)
 

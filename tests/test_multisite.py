@@ -11,33 +11,23 @@ the backends publish as `publisher` and the federation links connect as `federat
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hub.publisher import Publisher
 from testkit.rabbit_node import RabbitNode, start_nodes
+from tests.definitions import DEFAULT_NAMES, DEFINITIONS, with_passwords
 from tests.distributed_env import REDIS_URL, drop_redis_keys
 from tests.harness import RunningHub, run_hub, wait_for
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-DEFINITIONS = Path(__file__).parent.parent / "docker" / "rabbitmq-definitions.json"
-NAMES = {
-    "HUB_EXCHANGE": "notifications",
-    "HUB_LIVE_EXCHANGE": "notifications.live",
-    "HUB_INGEST_QUEUE": "hub.ingest",
-    "HUB_DEAD_LETTER": "hub.dead",
-    "HUB_PRESENCE_EXCHANGE": "hub.presence",
-}
+NAMES = DEFAULT_NAMES
 
 
 @dataclass(frozen=True)
@@ -50,17 +40,9 @@ class Sites:
         return node.amqp_url(user, self.passwords[user])
 
 
-def password_hash(password: str) -> str:
-    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password))."""
-    salt = os.urandom(4)
-    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
-
-
 def site_definitions(upstream: RabbitNode, passwords: dict[str, str]) -> dict[str, Any]:
     """The shipped definitions with passwords set, and `notifications` federated from ``upstream``."""
-    definitions: dict[str, Any] = json.loads(DEFINITIONS.read_text())
-    for user in definitions["users"]:
-        user["password_hash"] = password_hash(passwords[user["name"]])
+    definitions = with_passwords(passwords)
     uri = f"amqp://federation:{passwords['federation']}@127.0.0.1:{upstream.amqp_port}"
     definitions["parameters"] = [
         {

@@ -32,6 +32,7 @@ from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
 from hub.backends.sequencer import Sequencer
 from hub.settings import Settings
+from hub.tls import amqp_ssl_context, redis_ssl_options
 
 log = logging.getLogger("hub.distributed")
 
@@ -50,7 +51,9 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = redis_client.connect(settings.redis_url, settings.backend_timeout)
+        self._redis: aioredis.Redis = redis_client.connect(
+            settings.redis_url, settings.backend_timeout, redis_ssl_options(settings)
+        )
         self._history = (
             RedisHistory(
                 self._redis,
@@ -124,6 +127,7 @@ class DistributedBackend:
             aio_pika.connection.make_url(settings.amqp_url),
             client_properties={"connection_name": f"hub {settings.replica_id}"},
             reconnect_interval=RECONNECT_INTERVAL,
+            ssl_context=amqp_ssl_context(settings),
         )
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             await connection.connect(timeout=settings.backend_timeout)
