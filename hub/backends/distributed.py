@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -31,7 +31,7 @@ from hub.backends.rabbitmq import LiveBroker, declare_topology
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
 from hub.backends.sequencer import Sequencer
-from hub.settings import Settings
+from hub.settings import Settings, redact_url
 
 log = logging.getLogger("hub.distributed")
 
@@ -166,7 +166,7 @@ class DistributedBackend:
         connection, broker = self._connection, self._broker
         if connection is None or broker is None or connection.is_closed or not connection.connected.is_set():
             assert self._settings.amqp_url is not None
-            return f"not connected to RabbitMQ at {redact(self._settings.amqp_url)} (reconnecting)"
+            return f"not connected to RabbitMQ at {redact_url(self._settings.amqp_url)} (reconnecting)"
         try:
             await broker.probe()
         except BackendUnavailable as exc:
@@ -224,21 +224,11 @@ class DistributedBackend:
             raise BackendUnavailable(f"presence event dropped: {exc!r}") from exc
 
 
-def redact(url: str) -> str:
-    """``url`` without its password (``amqp://guest@host:5672/``): for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @contextlib.asynccontextmanager
 async def _answering(service: str, url: str, seconds: float) -> AsyncIterator[None]:
     """A start-up step: bounded by ``seconds``; any failure becomes one BackendUnavailable line
     naming ``service`` and ``url`` (password removed, also from the cause's text)."""
-    where = f"{service} at {redact(url)}"
+    where = f"{service} at {redact_url(url)}"
     try:
         async with asyncio.timeout(seconds):
             yield
