@@ -25,6 +25,7 @@ async def test_bodies_ids_and_dead_letters() -> None:
 
             await send(b'{"n": 1}', content_type="application/json")
             await send(msgpack.packb({"n": 2}), content_type="application/msgpack")
+            await send(msgpack.packb({"n": 2.5}), content_type="application/x-msgpack")
             await send(b'{"n": 3}')  # php-amqplib's json_encode with no content type
             await send(b"plain words")  # not JSON: relayed as a string
             await send(b"42", content_type="text/plain")
@@ -34,12 +35,21 @@ async def test_bodies_ids_and_dead_letters() -> None:
             await send(b"\xc1\xff", content_type="application/msgpack")  # unreadable msgpack
             await send(b"\xff\xfe", content_type="application/json")  # not UTF-8
             await send(b'{"n": "end"}')
-            got = await client.notifications(7)
-            assert [n["data"] for n in got] == [{"n": 1}, {"n": 2}, {"n": 3}, "plain words", "42", "once", {"n": "end"}]
-            assert got[5]["id"] == "dup-1"
+            got = await client.notifications(8)
+            assert [n["data"] for n in got] == [
+                {"n": 1},
+                {"n": 2},
+                {"n": 2.5},
+                {"n": 3},
+                "plain words",
+                "42",
+                "once",
+                {"n": "end"},
+            ]
+            assert got[6]["id"] == "dup-1"
             offsets = [tuple(map(int, n["offset"].split("-"))) for n in got]
             assert offsets == sorted(offsets)
-            assert len(set(offsets)) == 7
+            assert len(set(offsets)) == 8
             await client.expect_silence(0.3)
 
             dead = await channel.declare_queue(env["HUB_DEAD_LETTER"], passive=True)
@@ -48,12 +58,13 @@ async def test_bodies_ids_and_dead_letters() -> None:
                 message = await wait_for(lambda: dead.get(fail=False), what="a dead letter")
                 reasons.append(str(message.headers["x-hub-reason"]))
                 await message.ack()
-            assert "invalid routing key" in reasons[0]
-            assert all("unreadable body" in r for r in reasons[1:])
+            assert reasons[0].startswith("invalid-topic: routing key: expected a topic"), reasons[0]
+            assert reasons[1].startswith("unreadable: application/msgpack body: expected msgpack"), reasons[1]
+            assert reasons[2].startswith("unreadable: application/json body: 'utf-8' codec"), reasons[2]
         history = hub.node.backend.history
         assert history is not None
         read = await history.read({"user.u1": "0-0"})
-        assert len(read["user.u1"].notifications) == 7
+        assert len(read["user.u1"].notifications) == 8
         assert read["user.u1"].complete
         await client.close()
 

@@ -16,12 +16,14 @@ import aio_pika
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from hub import amqp_decode, wire
 from hub.backends import redis_client
 from hub.backends.base import Presence
-from hub.backends.rabbitmq import LiveBroker, declare_topology
+from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
 from hub.backends.sequencer import Sequencer
+from hub.backends.topology import declare_topology
 from hub.settings import Settings
 
 log = logging.getLogger("hub.distributed")
@@ -92,6 +94,7 @@ class DistributedBackend:
         settings = self._settings
         assert settings.amqp_url is not None
         await self._redis.ping()
+        amqp_decode.install()  # no message can break the connection's frame reader (hub/amqp_decode.py)
         self._connection = connection = await aio_pika.connect_robust(
             settings.amqp_url,
             reconnect_interval=RECONNECT_INTERVAL,
@@ -141,6 +144,8 @@ class DistributedBackend:
         stats: dict[str, Any] = {}
         if self._broker is not None:
             stats.update(overflows=self._broker.overflows, dropped=self._broker.dropped)
+        if self._history is not None:
+            stats["history_skipped"] = self._history.skipped
         if self._sequencer is not None:
             s = self._sequencer.stats
             stats.update(
@@ -157,9 +162,5 @@ class DistributedBackend:
         exchange = self._presence_exchange
         if exchange is None:
             return
-        kind = "online" if online else "offline"
-        body = f'{{"user":"{user}","online":{"true" if online else "false"}}}'.encode()
-        message = aio_pika.Message(
-            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-        )
-        await exchange.publish(message, routing_key=f"presence.{kind}.{user}", mandatory=False)
+        routing_key, message = wire.presence_event(user, online)
+        await exchange.publish(message, routing_key=routing_key, mandatory=False)
