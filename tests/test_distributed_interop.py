@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import aio_pika
 import msgpack
 import pytest
@@ -82,3 +84,72 @@ async def test_http_publish_goes_through_amqp() -> None:
         assert checks["rabbitmq"] is None
         assert checks["redis"] is None
         await client.close()
+
+
+async def test_ingest_is_bounded_and_what_it_drops_is_dead_lettered() -> None:
+    """With no sequencer running, hub.ingest keeps the newest ``ingest_max_length`` messages;
+    the oldest go to hub.dead (RabbitMQ's own dead-lettering, x-death reason maxlen)."""
+    async with environment() as env:
+        async with run_hub("distributed", env=env, ingest_max_length=3):
+            pass  # declares the topology, then stops: nothing consumes hub.ingest now
+        connection = await aio_pika.connect(env["HUB_AMQP_URL"])
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(env["HUB_EXCHANGE"])
+            for n in range(5):
+                await exchange.publish(aio_pika.Message(b"%d" % n), routing_key="user.u3")
+            ingest = await channel.declare_queue(env["HUB_INGEST_QUEUE"], passive=True)
+            assert ingest.declaration_result.message_count == 3
+            dead = await channel.declare_queue(env["HUB_DEAD_LETTER"], passive=True)
+            dropped = [await wait_for(lambda: dead.get(fail=False), what="a dead letter") for _ in range(2)]
+            assert [m.body for m in dropped] == [b"0", b"1"]
+            assert all(m.headers["x-first-death-reason"] == "maxlen" for m in dropped)
+        async with run_hub("distributed", env=env, ingest_max_length=3) as hub:
+            client = await hub.connect("u3", since={"user.u3": "0-0"})
+            assert [n["data"] for n in await client.notifications(3)] == [2, 3, 4]
+            await client.close()
+
+
+async def test_ingest_messages_older_than_history_expire_to_dead_letters() -> None:
+    async with environment() as env:
+        async with run_hub("distributed", env=env, history_ttl=1):
+            pass
+        connection = await aio_pika.connect(env["HUB_AMQP_URL"])
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(env["HUB_EXCHANGE"])
+            await exchange.publish(aio_pika.Message(b'"stale"'), routing_key="user.u4")
+            dead = await channel.declare_queue(env["HUB_DEAD_LETTER"], passive=True)
+            expired = await wait_for(lambda: dead.get(fail=False), what="the expired message")
+            assert expired.body == b'"stale"'
+            assert expired.headers["x-first-death-reason"] == "expired"
+
+
+async def test_an_ingest_queue_declared_with_other_arguments_is_used_as_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An older hub's hub.ingest (no bounds) cannot be re-declared with new arguments
+    (PRECONDITION_FAILED): the hub says so in one line, with the policy to apply, and works."""
+    async with environment() as env:
+        connection = await aio_pika.connect(env["HUB_AMQP_URL"])
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(
+                env["HUB_INGEST_QUEUE"],
+                durable=True,
+                arguments={"x-single-active-consumer": True, "x-dead-letter-exchange": env["HUB_DEAD_LETTER"]},
+            )
+        with caplog.at_level(logging.WARNING, logger="hub.topology"):
+            async with run_hub("distributed", env=env) as hub:
+                client = await hub.connect("u5")
+                await hub.publish("u5", {"still": "works"})
+                (frame,) = await client.notifications(1)
+                assert frame["data"] == {"still": "works"}
+                assert frame["offset"]
+                await client.close()
+        warnings = [r.getMessage() for r in caplog.records if r.name == "hub.topology"]
+        assert len(warnings) == 1, warnings
+        assert "PRECONDITION_FAILED - inequivalent arg" in warnings[0]
+        assert "rabbitmqctl set_policy hub-ingest" in warnings[0]
+        assert '"max-length":1000000' in warnings[0]
+        assert "docs/protocol.md §5" in warnings[0]

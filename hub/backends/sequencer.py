@@ -12,13 +12,17 @@ because the crash may have come between the append and the live publish.
 Poison-proof: each message is read on its own (``hub.wire.read_publish``), and one the
 hub cannot take goes to ``hub.dead`` with an ``x-hub-reason`` (``<kind>: <text>``)
 instead of failing its batch. Messages are consumed as aiormq delivers them, below
-aio-pika, whose message object refuses some properties RabbitMQ forwards (a
-``delivery_mode`` of 7). A batch can still fail as a whole (Redis refusing a
-write, the channel closing): it is requeued, and a batch holding redelivered messages is
-then done one message at a time, each counted; a message tried ``delivery_limit`` times
-is dead-lettered (``delivery-limit``) instead of being tried again. Counts live in this
-process: a replica that takes over starts them again. When Redis is unreachable the
-batch is kept (not acked, not dropped) and retried with backoff until Redis answers.
+aio-pika: no message object is built per message, and nothing stands between a frame
+and this error handling (aio-pika only logs a callback that fails, leaving its message
+unacked until a later ``multiple`` ack takes it silently). A batch can still fail as a
+whole (Redis refusing a write, the live publish failing): its messages stay at the head
+of the buffer, unacked, and are tried again one at a time, in order (never requeued:
+messages behind them are already here and would overtake them), as are messages
+delivered before (redelivered). Each such try is counted; a message tried
+``delivery_limit`` times is dead-lettered (``delivery-limit``) instead of being tried
+again. Counts live in this process: a replica that takes over starts them again. When
+Redis is unreachable the batch is kept (not acked, not dropped) and retried with backoff
+until Redis answers; that is not counted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable
@@ -81,6 +86,7 @@ class Sequencer:
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
         self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._careful = 0
         self.stats = SequencerStats()
         self.redis_error: str | None = None
 
@@ -120,61 +126,64 @@ class Sequencer:
         self._ready.set()
 
     async def _run(self) -> None:
+        """Messages leave the buffer, in order, only once done (sequenced or dead-lettered)."""
+        buffer = self._buffer
         while True:
-            while not self._buffer:
+            while not buffer:
                 self._ready.clear()
                 await self._ready.wait()
-            # Deliveries of a channel that closed since are back in the queue already.
-            batch = [message for message in self._buffer if not message.channel.is_closed]
-            self._buffer.clear()
-            if not batch:
+            while buffer and buffer[0].channel.is_closed:
+                buffer.popleft()  # the broker requeued it with its channel; it comes back redelivered
+                self._careful = max(0, self._careful - 1)
+            if not buffer:
                 continue
-            if any(message.redelivered for message in batch):
-                await self._one_by_one(batch)
-            elif await self._attempt(batch):
+            if self._careful or buffer[0].redelivered:
+                await self._one(buffer[0])
+                continue
+            batch = list(itertools.takewhile(lambda message: not message.redelivered, buffer))
+            if await self._attempt(batch):
+                for _ in batch:
+                    buffer.popleft()
                 self._failures = 0
             else:
-                await self._give_back(batch)
+                self._careful = len(batch)  # one of them failed it: each alone now
+                await self._back_off()
 
-    async def _one_by_one(self, batch: list[DeliveredMessage]) -> None:
-        """Redelivered messages may hold the one that failed their batch: each alone, counted."""
-        for index, message in enumerate(batch):
-            key = _identity(message)
-            attempt = self._attempts.pop(key, 1 if message.redelivered else 0) + 1
-            dead = None
-            if attempt > self._settings.delivery_limit:
-                dead = ("delivery-limit", f"tried {attempt - 1} times (delivery_limit {self._settings.delivery_limit})")
-            if await self._attempt([message], dead):
-                continue
-            self._attempts[key] = attempt
-            while len(self._attempts) > MAX_COUNTED:
-                self._attempts.popitem(last=False)
-            # What follows goes back too (in order), so each topic keeps its order.
-            await self._give_back(batch[index:])
+    async def _one(self, message: DeliveredMessage) -> None:
+        """The head message alone: it failed a batch, or was delivered before, so it is counted."""
+        key = _identity(message)
+        attempt = self._attempts.get(key, 1) + 1
+        limit = self._settings.delivery_limit
+        dead = ("delivery-limit", f"tried {attempt - 1} times (delivery_limit {limit})") if attempt > limit else None
+        if await self._attempt([message], dead):
+            self._buffer.popleft()
+            self._attempts.pop(key, None)
+            self._careful = max(0, self._careful - 1)
+            self._failures = 0
             return
-        self._failures = 0
+        self._attempts[key] = min(attempt, limit)
+        self._attempts.move_to_end(key)
+        while len(self._attempts) > MAX_COUNTED:
+            self._attempts.popitem(last=False)
+        await self._back_off()
 
     async def _attempt(self, batch: list[DeliveredMessage], dead: tuple[str, str] | None = None) -> bool:
-        """Process ``batch`` (dead-letter all of it with ``dead``); whether it was done."""
+        """Process ``batch`` (dead-letter all of it with ``dead``); whether it was done.
+
+        Not done, its messages stay unacked at the head of the buffer and are tried again
+        (there is no requeue: messages behind them are already here, and would overtake).
+        """
         try:
             await self._process(batch, dead)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, RedisError) as exc:
-            log.warning("sequencer batch of %d not done, requeued: %r", len(batch), exc)
+            log.warning("sequencer batch of %d not done, will try again: %r", len(batch), exc)
         except Exception:
-            log.exception("sequencer batch of %d failed; requeued", len(batch))
+            log.exception("sequencer batch of %d failed; will try again", len(batch))
         else:
             return True
         return False
 
-    async def _give_back(self, batch: list[DeliveredMessage]) -> None:
-        """Requeue messages not done, then back off before the next batch.
-
-        On a live channel they are nacked (requeued in order, for us or the next active
-        consumer); on a dead one the broker requeues them by itself. Appended ones keep
-        their offset when they come back (de-duplication by id).
-        """
-        with contextlib.suppress(Exception):
-            await batch[-1].channel.basic_nack(_tag(batch[-1]), multiple=True, requeue=True)
+    async def _back_off(self) -> None:
         self._failures += 1
         await asyncio.sleep(min(RETRY_FIRST * 2**self._failures, RETRY_MAX))  # backoff, not synchronisation
 

@@ -31,6 +31,8 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 from hub.settings import Settings
 
 log = logging.getLogger("hub.topology")
+#: Ingest queues already warned about in this process (the warning is said once).
+_warned: set[str] = set()
 
 
 async def declare_topology(channel: AbstractChannel, settings: Settings) -> None:
@@ -69,6 +71,15 @@ async def declare_ingest(channel: AbstractChannel, settings: Settings) -> Abstra
     refusal = await _refused_arguments(channel, settings.ingest_queue, arguments)
     if refusal is None:
         return await channel.declare_queue(settings.ingest_queue, durable=True, arguments=arguments)
+    _warn_once(settings, arguments, refusal)
+    return await channel.declare_queue(settings.ingest_queue, passive=True)
+
+
+def _warn_once(settings: Settings, arguments: dict[str, Any], refusal: str) -> None:
+    """One line saying the queue is used as it is, and the policy that bounds it anyway."""
+    if settings.ingest_queue in _warned:
+        return
+    _warned.add(settings.ingest_queue)
     policy = {"max-length": settings.ingest_max_length, "overflow": "drop-head"}
     if "x-message-ttl" in arguments:
         policy["message-ttl"] = arguments["x-message-ttl"]
@@ -81,7 +92,6 @@ async def declare_ingest(channel: AbstractChannel, settings: Settings) -> Abstra
         re.escape(settings.ingest_queue),
         json.dumps(policy, separators=(",", ":")),
     )
-    return await channel.declare_queue(settings.ingest_queue, passive=True)
 
 
 async def _refused_arguments(channel: AbstractChannel, queue: str, arguments: dict[str, Any]) -> str | None:
