@@ -28,7 +28,7 @@ from pamqp import encode
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
-from hub.amqp_decode import MAX_DEPTH, problems
+from hub.amqp_decode import MAX_DEPTH, MAX_FIELDS, problems
 from hub.notification import Notification, new_id, now_ms
 from hub.payload import BadPayload, check, dumps_json, loads_json, loads_msgpack
 from hub.protocol import JSON, Codec, Wire
@@ -299,11 +299,7 @@ def dead_letter_properties(header: Any, routing_key: str | None, kind: str, text
     and no ``user_id`` (RabbitMQ refuses one that is not the hub's own user).
     """
     original = header.properties
-    headers: FieldTable = _printable_table(original.headers, 1) if isinstance(original.headers, dict) else {}
-    try:
-        encode.field_table(headers)
-    except Exception:  # whatever pamqp cannot encode back: keep only the hub's headers
-        headers = {}
+    headers = _printable_headers(original.headers)
     headers[REASON_HEADER] = _printable(f"{kind}: {text}")[:1000]
     headers[ROUTING_KEY_HEADER] = _printable(routing_key or "")
     timestamp = original.timestamp
@@ -331,6 +327,33 @@ def _short(text: object) -> str | None:
     if not isinstance(text, str) or not text:
         return None
     return _printable(text).encode("utf-8")[:MAX_ID_BYTES].decode("utf-8", "ignore")
+
+
+def _printable_headers(headers: object) -> FieldTable:
+    """The original headers made encodable; none when they cannot be encoded back, or would
+    not fit with the hub's own in the fields ``hub.amqp_decode`` reads (the dead letter must
+    read back whole, reason included)."""
+    if not isinstance(headers, dict) or _fields(headers) > MAX_FIELDS - 2:
+        return {}
+    table = _printable_table(headers, 1)
+    try:
+        encode.field_table(table)
+    except Exception:  # whatever pamqp cannot encode back: keep only the hub's headers
+        return {}
+    return table
+
+
+def _fields(table: dict[Any, Any]) -> int:
+    count = 0
+    stack: list[dict[Any, Any] | list[Any]] = [table]
+    while stack:
+        items = stack.pop()
+        values = items.values() if isinstance(items, dict) else items
+        for value in values:
+            count += 1
+            if isinstance(value, dict | list):
+                stack.append(value)
+    return count
 
 
 def _printable_value(value: object, depth: int) -> Any:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pamqp import commands, header
 
 from hub import amqp_decode, wire
+from hub.amqp_decode import problems
 from hub.notification import now_ms
 from hub.payload import MAX_DEPTH, loads_json
 from hub.protocol import JSON, MSGPACK
@@ -372,3 +373,17 @@ def test_reasons_are_documented() -> None:
         protocol = file.read()
     for reason in wire.REASONS:
         assert f"`{reason}`" in protocol, reason
+
+
+def test_the_dead_letter_of_a_message_with_huge_headers_reads_back_whole() -> None:
+    wide = raw.table({b"%d" % i: b"V" for i in range(amqp_decode.MAX_FIELDS + 500)})
+    original = content_header(raw.properties(headers=wide))
+    assert problems(original)
+    dead = wire.dead_letter_properties(original, "user.1", "bad-properties", "; ".join(problems(original)))
+    frame = pamqp.frame.marshal(header.ContentHeader(body_size=0, properties=dead), 1)
+    again = amqp_decode.unmarshal_header(frame[7:-1])
+    assert problems(again) == ()
+    assert again.properties.headers == {
+        "x-hub-reason": f"bad-properties: headers: more than {amqp_decode.MAX_FIELDS} fields",
+        "x-hub-routing-key": "user.1",
+    }
