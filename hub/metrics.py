@@ -82,7 +82,7 @@ class _BackendCollector(Collector):
             family = CounterMetricFamily(
                 "hub_dead_letters",
                 "Ingest messages the sequencer sent to the dead-letter queue, by reason: bad-properties, "
-                "invalid-topic, unreadable, delivery-limit, unexpected (docs/protocol.md §5; expired and "
+                "invalid-topic, too-large, unreadable, delivery-limit, unexpected (docs/protocol.md §5; expired and "
                 "overflowed ingest messages are dead-lettered by RabbitMQ and not counted here)",
                 labels=["reason"],
             )

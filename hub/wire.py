@@ -38,6 +38,8 @@ from hub.topics import InvalidTopic, parse_offset, validate_topic
 MAX_ID_BYTES: Final = 255
 #: The longest ``ttl`` a publish may ask for: a week. Longer is refused, never clamped.
 MAX_TTL_SECONDS: Final = 7 * 86_400
+#: The largest body the hub takes, as over HTTP (hub/app.py): a notification, not a file.
+MAX_BODY_BYTES: Final = 1_048_576
 #: ``ts`` headers outside [2000-01-01, now + a day] are replaced by the time of arrival.
 MIN_TS: Final = 946_684_800_000
 MAX_TS_AHEAD_MS: Final = 86_400_000
@@ -46,7 +48,7 @@ TS_HEADER: Final = "ts"
 REASON_HEADER: Final = "x-hub-reason"
 ROUTING_KEY_HEADER: Final = "x-hub-routing-key"
 #: Why a message is dead-lettered: the first word of its ``x-hub-reason`` (docs/protocol.md §5).
-REASONS: Final = ("bad-properties", "invalid-topic", "unreadable", "delivery-limit", "unexpected")
+REASONS: Final = ("bad-properties", "invalid-topic", "too-large", "unreadable", "delivery-limit", "unexpected")
 
 JSON_TYPE: Final = "application/json"
 MSGPACK_TYPES: Final = frozenset({"application/msgpack", "application/x-msgpack"})
@@ -212,6 +214,8 @@ def read_publish(routing_key: str | None, header: Any, body: bytes, *, now: int)
         id = new_id() if not properties.message_id else validate_message_id(properties.message_id)
     except ValueError as exc:
         raise Refused("bad-properties", f"message_id: {exc}") from None
+    if len(body) > MAX_BODY_BYTES:
+        raise Refused("too-large", f"expected a body of at most {MAX_BODY_BYTES} bytes, got {len(body)}")
     data_json, data = decode_body(body, properties.content_type)
     return Publish(topic, id, parse_ts(properties.headers, now), data_json, data)
 

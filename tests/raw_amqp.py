@@ -103,14 +103,16 @@ def _frame(kind: int, channel: int, payload: bytes) -> bytes:
     return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
 
 
-def publish_frames(channel: int, exchange: bytes, routing_key: bytes, props: bytes, body: bytes) -> bytes:
-    """The method, content-header and body frames of one ``basic.publish``."""
+def publish_frames(
+    channel: int, exchange: bytes, routing_key: bytes, props: bytes, body: bytes, max_body_frame: int = 131_064
+) -> bytes:
+    """The method, content-header and body frames (each at most ``max_body_frame`` bytes of
+    body: the connection's frame_max less 8) of one ``basic.publish``."""
     method = struct.pack(">HHH", 60, 40, 0) + short_str(exchange) + short_str(routing_key) + b"\x00"
     header = struct.pack(">HHQ", 60, 0, len(body)) + props
-    frames = _frame(1, channel, method) + _frame(2, channel, header)
-    if body:
-        frames += _frame(3, channel, body)
-    return frames
+    frames = [_frame(1, channel, method), _frame(2, channel, header)]
+    frames += [_frame(3, channel, body[i : i + max_body_frame]) for i in range(0, len(body), max_body_frame)]
+    return b"".join(frames)
 
 
 async def publish_raw(
@@ -125,8 +127,10 @@ async def publish_raw(
     follows on the same channel."""
     assert not channel.publisher_confirms, "raw publishes bypass confirms: use a channel without them"
     key = routing_key.encode() if isinstance(routing_key, str) else routing_key
-    payload = publish_frames(channel.number, exchange.encode(), key, props or properties(), body)
     assert isinstance(channel, aiormq.Channel)
+    payload = publish_frames(
+        channel.number, exchange.encode(), key, props or properties(), body, channel.max_content_size
+    )
     drained = channel.create_future()
     await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False, drain_future=drained))
     await drained

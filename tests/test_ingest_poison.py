@@ -232,6 +232,11 @@ async def test_nan_and_infinity(deployment: Deployment, body: bytes) -> None:
     await survives(deployment, kind="unreadable", reason="finite numbers", body=body)
 
 
+async def test_body_larger_than_a_mebibyte(deployment: Deployment) -> None:
+    body = b"[" * (1_048_576 + 1)  # and the nesting check never runs on it
+    await survives(deployment, kind="too-large", reason="at most 1048576 bytes", body=body)
+
+
 # ------------------------------------------------------------------ routing keys
 
 

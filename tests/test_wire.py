@@ -234,10 +234,16 @@ def test_read_publish_without_id_or_ts() -> None:
         ("user.\udcff", raw.properties(), b"1", "invalid-topic", "routing key: expected a topic"),
         (None, raw.properties(), b"1", "invalid-topic", "routing key: expected a topic"),
         ("user.1", raw.properties(content_type=b"application/json"), b"{", "unreadable", "unreadable JSON"),
+        ("user.1", raw.properties(), b"[" * (wire.MAX_BODY_BYTES + 1), "too-large", "at most 1048576 bytes"),
     ],
 )
 def test_read_publish_refuses(routing_key: str | None, props: bytes, body: bytes, kind: str, expected: str) -> None:
     assert expected in refused(kind, read_publish, routing_key, content_header(props), body, now=NOW).text
+
+
+def test_a_body_of_exactly_the_limit_is_taken() -> None:
+    body = b'"' + b"x" * (wire.MAX_BODY_BYTES - 2) + b'"'
+    assert len(read_publish("user.1", content_header(raw.properties()), body, now=NOW).data) == len(body) - 2
 
 
 def test_bad_properties_come_before_a_bad_routing_key() -> None:
