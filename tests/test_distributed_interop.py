@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import aio_pika
+import aiormq
 import msgpack
 import pytest
 
@@ -153,3 +154,27 @@ async def test_an_ingest_queue_declared_with_other_arguments_is_used_as_it_is(
         assert "rabbitmqctl set_policy hub-ingest" in warnings[0]
         assert '"max-length":1000000' in warnings[0]
         assert "docs/protocol.md §5" in warnings[0]
+
+
+async def test_the_sequencer_consumes_again_when_its_queue_is_deleted() -> None:
+    async with environment() as env, run_hub("distributed", env=env) as hub:
+        client = await hub.connect("u6")
+        connection = await aio_pika.connect(env["HUB_AMQP_URL"])
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(env["HUB_INGEST_QUEUE"])
+
+            async def consumed_again() -> bool:
+                probe = await connection.channel()
+                try:
+                    queue = await probe.declare_queue(env["HUB_INGEST_QUEUE"], passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    return False
+                await probe.close()
+                return queue.declaration_result.consumer_count == 1
+
+            await wait_for(consumed_again, what="the sequencer to consume the ingest queue again")
+        await hub.publish("u6", {"after": "the delete"})
+        (frame,) = await client.notifications(1)
+        assert frame["data"] == {"after": "the delete"}
+        await client.close()

@@ -83,6 +83,7 @@ class Sequencer:
         self._buffer: deque[DeliveredMessage] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resubscribing: asyncio.Task[None] | None = None
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
         self._attempts: OrderedDict[str, int] = OrderedDict()
@@ -108,18 +109,44 @@ class Sequencer:
     async def _consume(self) -> None:
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._cancelled)
         await underlay.basic_consume(self._settings.ingest_queue, self._on_message)
 
     async def _reopened(self, channel: Any) -> None:
         await self._consume()
 
+    async def _cancelled(self, frame: Any) -> None:
+        """The broker cancelled the consumer (the queue was deleted): declare, bind, consume
+        again, as aio-pika does for the consumers it restores itself."""
+        if self._task is None or self._resubscribing is not None:
+            return
+        self._resubscribing = asyncio.create_task(self._resubscribe(), name="hub-sequencer-resubscribe")
+
+    async def _resubscribe(self) -> None:
+        assert self._channel is not None
+        delay = RETRY_FIRST
+        while self._task is not None:
+            try:
+                queue = await declare_ingest(self._channel, self._settings)
+                await queue.bind(self._settings.exchange, "#")
+                await self._consume()
+            except Exception as exc:  # the broker may be away too: try again
+                log.warning("could not consume %s again: %r", self._settings.ingest_queue, exc)
+                await asyncio.sleep(delay)  # backoff, not synchronisation
+                delay = min(delay * 2, RETRY_MAX)
+            else:
+                log.warning("consuming %s again after the broker cancelled it", self._settings.ingest_queue)
+                break
+        self._resubscribing = None
+
     async def close(self) -> None:
         """Stop the loop (unacked messages go back to the queue for the next sequencer)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._resubscribing, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._resubscribing = None
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         self._buffer.append(message)
