@@ -9,6 +9,7 @@ import aiormq
 import msgpack
 import pytest
 
+from tests import raw_amqp as raw
 from tests.distributed_env import environment
 from tests.harness import run_hub, wait_for
 
@@ -177,4 +178,29 @@ async def test_the_sequencer_consumes_again_when_its_queue_is_deleted() -> None:
         await hub.publish("u6", {"after": "the delete"})
         (frame,) = await client.notifications(1)
         assert frame["data"] == {"after": "the delete"}
+        await client.close()
+
+
+async def test_history_off_sockets_drop_what_they_cannot_take() -> None:
+    """With no sequencer, sockets read the publishers' messages themselves: one the hub cannot
+    take (here, a message_id that is not UTF-8) is dropped and counted, never sent, and never
+    breaks the connection that carries everyone's messages."""
+    async with environment(history=False) as env, run_hub("distributed-nohistory", env=env) as hub:
+        client = await hub.connect("u7")
+        connection = hub.node.backend.connection
+        assert connection is not None
+        transport = connection.transport
+        publisher = await aiormq.connect(env["HUB_AMQP_URL"])
+        try:
+            channel = await publisher.channel(publisher_confirms=False)
+            for props in (raw.properties(message_id=b"\xff\xfe"), raw.properties(content_type=b"application/json")):
+                await raw.publish_raw(channel, env["HUB_EXCHANGE"], "user.u7", b'{"n": NaN}', props)
+            await raw.publish_raw(channel, env["HUB_EXCHANGE"], "user.u7", b'{"n": 1}', raw.properties())
+        finally:
+            await publisher.close()
+        (frame,) = await client.notifications(1)
+        assert frame["data"] == {"n": 1}
+        await client.expect_silence(0.3)
+        assert hub.node.backend.stats()["dropped"] == 2
+        assert connection.transport is transport
         await client.close()
