@@ -18,7 +18,7 @@ from pamqp import commands, header
 from hub import amqp_decode, wire
 from hub.amqp_decode import problems
 from hub.notification import now_ms
-from hub.payload import MAX_DEPTH, loads_json
+from hub.payload import MAX_DEPTH, check, loads_json
 from hub.protocol import JSON, MSGPACK
 from hub.wire import Refused, decode_body, parse_live, parse_ts, read_publish
 from tests import raw_amqp as raw
@@ -310,6 +310,37 @@ def _frame(**changes: Any) -> bytes:
 )
 def test_parse_live_refuses_what_a_socket_could_not_send(body: bytes) -> None:
     refused("unreadable", parse_live, body)
+
+
+@pytest.mark.parametrize(
+    "data_json", ["18446744073709551616", "-9223372036854775809", "1e400", "-1E+999", "1" + "0" * 400 + ".0"]
+)
+def test_parse_live_refuses_numbers_a_msgpack_socket_could_not_carry(data_json: str) -> None:
+    refused("unreadable", parse_live, wire.json_frame("i", "t", "1-0", NOW, data_json).encode())
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**65), 2**65)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec="utf-8", exclude_categories=[]) | st.sampled_from(["\ud800", "\udfff"])),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=500)
+@given(_json_values)
+def test_parse_live_takes_exactly_what_check_takes(data: Any) -> None:
+    """The live path refuses exactly what a publisher's path refuses."""
+    text = wire.json_frame("i", "t", "1-0", NOW, json.dumps(data)).encode()
+    try:
+        check(data)
+    except ValueError:
+        refused("unreadable", parse_live, text)
+    else:
+        assert parse_live(text).data == json.loads(json.dumps(data))
 
 
 @settings(max_examples=300)
