@@ -28,7 +28,9 @@ from pamqp import encode
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
 
-from hub.amqp_decode import MAX_DEPTH, MAX_FIELDS, problems
+from hub.amqp_decode import MAX_DEPTH as MAX_HEADER_DEPTH
+from hub.amqp_decode import MAX_FIELDS as MAX_HEADER_FIELDS
+from hub.amqp_decode import problems
 from hub.notification import Notification, new_id, now_ms
 from hub.payload import BadPayload, check, dumps_json, loads_json, loads_msgpack
 from hub.protocol import JSON, Codec, Wire
@@ -153,7 +155,7 @@ def decode_body(body: bytes, content_type: str | None) -> tuple[str, Any]:
     ``application/json`` (or ``application/*+json``): strict JSON, else refused.
     ``application/msgpack``, ``application/x-msgpack``: strict msgpack, else refused.
     No content type: JSON when the body is JSON syntax (then strictly: NaN, lone
-    surrogates or nesting past ``MAX_DEPTH`` are refused), else the text as a string.
+    surrogates or nesting past ``hub.payload.MAX_DEPTH`` are refused), else the text as a string.
     Any other type: the text as a string. Text must be UTF-8.
     """
     kind = (content_type or "").split(";", 1)[0].strip().lower()
@@ -337,7 +339,7 @@ def _printable_headers(headers: object) -> FieldTable:
     """The original headers made encodable; none when they cannot be encoded back, or would
     not fit with the hub's own in the fields ``hub.amqp_decode`` reads (the dead letter must
     read back whole, reason included)."""
-    if not isinstance(headers, dict) or _fields(headers) > MAX_FIELDS - 2:
+    if not isinstance(headers, dict) or _fields(headers) > MAX_HEADER_FIELDS - 2:
         return {}
     table = _printable_table(headers, 1)
     try:
@@ -365,7 +367,7 @@ def _printable_value(value: object, depth: int) -> Any:
         return _printable(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+    if isinstance(value, dict | list) and depth >= MAX_HEADER_DEPTH:
         return "…"
     if isinstance(value, dict):
         return _printable_table(value, depth + 1)

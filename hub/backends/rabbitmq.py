@@ -32,7 +32,7 @@ from aiormq.abc import DeliveredMessage
 
 from hub import wire
 from hub.backends.base import BackendUnavailable, Receipt, SubscriptionGap, SubscriptionOverflow
-from hub.backends.topology import declare_topology as declare_topology  # its home until callers move
+from hub.backends.topology import declare_topology as declare_topology  # re-exported: moved to topology.py
 from hub.notification import Notification, now_ms
 from hub.settings import Settings
 

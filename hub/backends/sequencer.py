@@ -229,7 +229,7 @@ class Sequencer:
             except Exception as exc:  # a bug must not fail the other messages of the batch
                 log.exception("unexpected error reading an ingest message")
                 dead.append((message, "unexpected", repr(exc)))
-        self.stats.last_lag_ms = max((now - p.ts for p in publishes), default=0)
+        self.stats.last_lag_ms = max(0, max((now - p.ts for p in publishes), default=0))
         entries = [(p.topic, p.id, p.ts, JSON_KIND, p.data_json.encode()) for p in publishes]
         results = await self._append(entries) if entries else []
         assert self._channel is not None
@@ -243,11 +243,11 @@ class Sequencer:
             )
             for p, (offset, _) in zip(publishes, results, strict=True)
         ]
-        for message, kind, text in dead:
-            self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
-            confirms.append(self._dead_letter(live, message, kind, text))
+        confirms += [self._dead_letter(live, message, kind, text) for message, kind, text in dead]
         await asyncio.gather(*confirms)
         await batch[-1].channel.basic_ack(_tag(batch[-1]), multiple=True)
+        for _, kind, _ in dead:  # counted once done, not at each try
+            self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
         self.stats.batches += 1
         self.stats.sequenced += len(entries)
         self.stats.duplicates += sum(1 for _, dup in results if dup)
