@@ -25,12 +25,14 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from redis.exceptions import RedisError
 
+from hub import amqp_decode, wire
 from hub.backends import redis_client
 from hub.backends.base import BackendUnavailable, Presence
-from hub.backends.rabbitmq import LiveBroker, declare_topology
+from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
 from hub.backends.sequencer import Sequencer
+from hub.backends.topology import declare_topology
 from hub.settings import Settings, redact_url
 
 log = logging.getLogger("hub.distributed")
@@ -117,6 +119,7 @@ class DistributedBackend:
         assert settings.redis_url is not None
         async with _answering("Redis", settings.redis_url, settings.backend_timeout):
             await self._redis.ping()
+        amqp_decode.install()  # no message can break the connection's frame reader (hub/amqp_decode.py)
         # Built here rather than by connect_robust, so that a failed first attempt can be
         # closed (its reconnection task stopped); ``timeout`` bounds every later attempt
         # too, so a reconnect to a port that accepts TCP and never speaks AMQP gives up.
@@ -187,6 +190,8 @@ class DistributedBackend:
         if self._broker is not None:
             broker = self._broker
             stats.update(overflows=broker.overflows, dropped=broker.dropped, restore_failures=broker.restore_failures)
+        if self._history is not None:
+            stats["history_skipped"] = self._history.skipped
         if self._sequencer is not None:
             s = self._sequencer.stats
             stats.update(
@@ -209,15 +214,11 @@ class DistributedBackend:
             return
         if not connection.connected.is_set():
             raise BackendUnavailable("presence event dropped: not connected to RabbitMQ")
-        kind = "online" if online else "offline"
-        body = f'{{"user":"{user}","online":{"true" if online else "false"}}}'.encode()
-        message = aio_pika.Message(
-            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-        )
+        routing_key, message = wire.presence_event(user, online)
         timeout = self._settings.backend_timeout
         try:
             async with asyncio.timeout(timeout):
-                await exchange.publish(message, routing_key=f"presence.{kind}.{user}", mandatory=False)
+                await exchange.publish(message, routing_key=routing_key, mandatory=False)
         except TimeoutError as exc:
             raise BackendUnavailable(f"presence event dropped: RabbitMQ took more than {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
