@@ -64,6 +64,7 @@ BACKEND_COUNTERS = {
     "dropped": "Live messages that could not be read and were dropped",
     "restore_failures": "Live queues not restored after a broker interruption (socket closed with 1013)",
     "redis_retries": "Sequencer batches retried because Redis did not answer",
+    "history_skipped": "History entries that could not be read back and were skipped (never sent)",
 }
 
 
@@ -80,7 +81,11 @@ class _BackendCollector(Collector):
                 yield CounterMetricFamily(f"hub_{name}", documentation, value=stats[name])
         if "dead_letters" in stats:
             family = CounterMetricFamily(
-                "hub_dead_letters", "Messages sent to the dead-letter queue, by reason", labels=["reason"]
+                "hub_dead_letters",
+                "Ingest messages the sequencer sent to the dead-letter queue, by reason: bad-properties, "
+                "invalid-topic, too-large, unreadable, delivery-limit, unexpected (docs/protocol.md §5; expired and "
+                "overflowed ingest messages are dead-lettered by RabbitMQ and not counted here)",
+                labels=["reason"],
             )
             for reason, count in stats["dead_letters"].items():
                 family.add_metric([reason], count)

@@ -8,6 +8,7 @@ msgpack, without an exception on any later hop:
 - no lone surrogates in strings or keys (``"\\ud800"``: not encodable as UTF-8, so a
   socket write would fail for every socket of the user);
 - map keys are strings (JSON cannot carry others);
+- integers within msgpack's range (-2**63 to 2**64-1);
 - nesting at most ``MAX_DEPTH`` deep (recursive encoders and decoders overflow the
   stack on deep input; real notifications are a few levels deep);
 - only JSON types: maps, lists, strings, numbers, booleans, null (msgpack ``bin``
@@ -28,6 +29,9 @@ from typing import Any, Final
 import msgpack
 
 MAX_DEPTH: Final = 32
+#: The integers msgpack can encode (a msgpack socket could not be sent a larger one).
+MIN_INT: Final = -(2**63)
+MAX_INT: Final = 2**64 - 1
 
 #: Compact UTF-8 JSON, the form of every JSON frame and stored JSON payload.
 dumps_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -88,7 +92,10 @@ def check(value: Any) -> None:
         kind = type(item)
         if kind is str:
             _check_text(item)
-        elif kind is int or item is None or kind is bool:
+        elif kind is int:
+            if not MIN_INT <= item <= MAX_INT:
+                raise BadPayload(f"expected integers msgpack can carry (-2**63 to 2**64-1), got {item}")
+        elif item is None or kind is bool:
             continue
         elif kind is float:
             if not math.isfinite(item):

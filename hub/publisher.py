@@ -24,13 +24,11 @@ from typing import Any, TypeVar
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
-from hub.notification import new_id, now_ms
-from hub.protocol import json_dumps
 from hub.settings import DEFAULTS, ConfigError, Settings
 from hub.topics import InvalidTopic, user_topic, validate_topic
+from hub.wire import build_message
 
 T = TypeVar("T")
-MAX_ID_LENGTH = 128
 
 
 class Publisher:
@@ -154,20 +152,8 @@ class Publisher:
 def _message(
     topic: str, data: Any, message_id: str | None, ttl: float | None, mode: aio_pika.DeliveryMode
 ) -> tuple[aio_pika.Message, str]:
-    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_ID_LENGTH):
-        raise ValueError(f"expected a message id of 1 to {MAX_ID_LENGTH} characters, got {message_id!r:.80}")
-    if ttl is not None and ttl <= 0:
-        raise ValueError(f"expected a positive ttl in seconds, got {ttl!r}")
-    id = message_id or new_id()
-    message = aio_pika.Message(
-        json_dumps(data).encode(),
-        content_type="application/json",
-        message_id=id,
-        delivery_mode=mode,
-        expiration=ttl,
-        headers={"ts": now_ms()},
-    )
-    return message, id
+    """The message for ``data`` and its id, built by ``hub.wire`` (ValueError for a bad id or ttl)."""
+    return build_message(data, message_id=message_id, ttl=ttl, persistent=mode == aio_pika.DeliveryMode.PERSISTENT)
 
 
 class BlockingPublisher:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -25,13 +25,15 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from redis.exceptions import RedisError
 
+from hub import amqp_decode, wire
 from hub.backends import redis_client
 from hub.backends.base import BackendUnavailable, Presence
-from hub.backends.rabbitmq import LiveBroker, declare_topology
+from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
 from hub.backends.sequencer import Sequencer
-from hub.settings import Settings
+from hub.backends.topology import declare_topology
+from hub.settings import Settings, redact_url
 from hub.tls import amqp_ssl_context, redis_ssl_options
 
 log = logging.getLogger("hub.distributed")
@@ -120,6 +122,7 @@ class DistributedBackend:
         assert settings.redis_url is not None
         async with _answering("Redis", settings.redis_url, settings.backend_timeout):
             await self._redis.ping()
+        amqp_decode.install()  # no message can break the connection's frame reader (hub/amqp_decode.py)
         # Built here rather than by connect_robust, so that a failed first attempt can be
         # closed (its reconnection task stopped); ``timeout`` bounds every later attempt
         # too, so a reconnect to a port that accepts TCP and never speaks AMQP gives up.
@@ -170,7 +173,7 @@ class DistributedBackend:
         connection, broker = self._connection, self._broker
         if connection is None or broker is None or connection.is_closed or not connection.connected.is_set():
             assert self._settings.amqp_url is not None
-            return f"not connected to RabbitMQ at {redact(self._settings.amqp_url)} (reconnecting)"
+            return f"not connected to RabbitMQ at {redact_url(self._settings.amqp_url)} (reconnecting)"
         try:
             await broker.probe()
         except BackendUnavailable as exc:
@@ -191,6 +194,8 @@ class DistributedBackend:
         if self._broker is not None:
             broker = self._broker
             stats.update(overflows=broker.overflows, dropped=broker.dropped, restore_failures=broker.restore_failures)
+        if self._history is not None:
+            stats["history_skipped"] = self._history.skipped
         if self._sequencer is not None:
             s = self._sequencer.stats
             stats.update(
@@ -213,36 +218,22 @@ class DistributedBackend:
             return
         if not connection.connected.is_set():
             raise BackendUnavailable("presence event dropped: not connected to RabbitMQ")
-        kind = "online" if online else "offline"
-        body = f'{{"user":"{user}","online":{"true" if online else "false"}}}'.encode()
-        message = aio_pika.Message(
-            body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-        )
+        routing_key, message = wire.presence_event(user, online)
         timeout = self._settings.backend_timeout
         try:
             async with asyncio.timeout(timeout):
-                await exchange.publish(message, routing_key=f"presence.{kind}.{user}", mandatory=False)
+                await exchange.publish(message, routing_key=routing_key, mandatory=False)
         except TimeoutError as exc:
             raise BackendUnavailable(f"presence event dropped: RabbitMQ took more than {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BackendUnavailable(f"presence event dropped: {exc!r}") from exc
 
 
-def redact(url: str) -> str:
-    """``url`` without its password (``amqp://guest@host:5672/``): for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @contextlib.asynccontextmanager
 async def _answering(service: str, url: str, seconds: float) -> AsyncIterator[None]:
     """A start-up step: bounded by ``seconds``; any failure becomes one BackendUnavailable line
     naming ``service`` and ``url`` (password removed, also from the cause's text)."""
-    where = f"{service} at {redact(url)}"
+    where = f"{service} at {redact_url(url)}"
     try:
         async with asyncio.timeout(seconds):
             yield

@@ -31,20 +31,19 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, ExchangeType
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
-from hub.backends.amqp_codec import LiveNotification, decode_body, json_frame, parse_live
+from hub import wire
 from hub.backends.base import BackendUnavailable, Receipt
 from hub.backends.live_queues import AmqpSubscription, ChannelSlot
-from hub.notification import Notification, new_id, now_ms
-from hub.protocol import json_dumps
+from hub.backends.topology import declare_topology as declare_topology  # re-exported: moved to topology.py
+from hub.notification import Notification, now_ms
 from hub.settings import Settings
 
 log = logging.getLogger("hub.rabbitmq")
 
 CHANNEL_POOL = 8
-REASON_HEADER = "x-hub-reason"
 #: A subscription not restored within this many ``backend_timeout`` is lost (1013).
 RESTORE_DEADLINES = 3
 #: Seconds between restore attempts: doubling from the first to the longest.
@@ -52,34 +51,6 @@ RESTORE_PAUSE_FIRST = 0.1
 RESTORE_PAUSE_MAX = 1.0
 #: The readiness probe's routing key on the default exchange: no queue has this name.
 PROBE_KEY = "hub.readiness-probe"
-
-
-async def declare_topology(channel: aio_pika.abc.AbstractChannel, settings: Settings) -> None:
-    """Declare every exchange and queue the hub uses; idempotent (same arguments every time).
-
-    The ingest queue (only with history on) dead-letters to ``hub.dead`` (expired
-    messages, rejected ones); the sequencer publishes there itself, with a reason header,
-    what it cannot read.
-    """
-    notifications = await channel.declare_exchange(settings.exchange, ExchangeType.TOPIC, durable=True)
-    dead = await channel.declare_exchange(settings.dead_letter, ExchangeType.FANOUT, durable=True)
-    dead_queue = await channel.declare_queue(settings.dead_letter, durable=True)
-    await dead_queue.bind(dead, "")
-    await channel.declare_exchange(settings.live_exchange, ExchangeType.TOPIC, durable=True)
-    await channel.declare_exchange(settings.presence_exchange, ExchangeType.TOPIC, durable=True)
-    if settings.history_enabled:
-        ingest = await declare_ingest(channel, settings)
-        await ingest.bind(notifications, "#")
-
-
-async def declare_ingest(channel: aio_pika.abc.AbstractChannel, settings: Settings) -> aio_pika.abc.AbstractQueue:
-    """Declare ``hub.ingest``; on a robust channel this also makes the channel restore the queue
-    (and its consumers) after a reconnect, which a queue merely looked up would not get."""
-    return await channel.declare_queue(
-        settings.ingest_queue,
-        durable=True,
-        arguments={"x-single-active-consumer": True, "x-dead-letter-exchange": settings.dead_letter},
-    )
 
 
 class LiveBroker:
@@ -249,15 +220,7 @@ class LiveBroker:
         the message may still have been taken, so a retry should reuse ``message_id``.
         """
         assert self._exchange is not None
-        id = message_id or new_id()
-        message = aio_pika.Message(
-            json_dumps(data).encode(),
-            content_type="application/json",
-            message_id=id,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            expiration=ttl,
-            headers={"ts": now_ms()},
-        )
+        message, id = wire.build_message(data, message_id=message_id, ttl=ttl)
         self._connected()
         timeout = self.settings.backend_timeout
         try:
@@ -307,18 +270,12 @@ class LiveBroker:
 
 
 def _parse_live(message: DeliveredMessage) -> Notification:
-    return parse_live(message.body)
+    return wire.parse_live(message.body)
 
 
 def _parse_direct(message: DeliveredMessage) -> Notification:
-    """History off: sockets read the publishers' messages themselves (at most once, no offset)."""
-    properties = message.header.properties
-    data_json, data = decode_body(message.body, properties.content_type)
-    id = properties.message_id or new_id()
-    headers = properties.headers or {}
-    ts = headers.get("ts")
-    ts = ts if isinstance(ts, int) else now_ms()
-    topic = message.routing_key or ""
-    return LiveNotification(
-        id=id, topic=topic, offset=None, ts=ts, data=data, json_text=json_frame(id, topic, None, ts, data_json)
-    )
+    """History off: sockets read the publishers' messages themselves (at most once, no offset);
+    one the hub cannot take raises ``wire.Refused`` and is dropped (no sequencer to dead-letter it)."""
+    p = wire.read_publish(message.routing_key, message.header, message.body, now=now_ms())
+    json_text = wire.json_frame(p.id, p.topic, None, p.ts, p.data_json)
+    return wire.LiveNotification(id=p.id, topic=p.topic, offset=None, ts=p.ts, data=p.data, json_text=json_text)

@@ -17,18 +17,20 @@ operation is one Lua script call, so an append batch is atomic and one round tri
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import msgpack
 from redis.asyncio import Redis
 
 from hub.backends.base import HistoryRead
 from hub.backends.redis_client import deadline
 from hub.notification import Notification, now_ms
+from hub.payload import BadPayload, loads_json, loads_msgpack
 from hub.protocol import json_dumps
 from hub.topics import ZERO_OFFSET, parse_offset
+
+log = logging.getLogger("hub.history")
 
 JSON_KIND = b"j"
 MSGPACK_KIND = b"m"
@@ -106,10 +108,11 @@ return {1, maxdel, redis.call('XRANGE', s, ARGV[4], '+')}
 
 
 def decode_data(kind: bytes, data: bytes) -> Any:
-    """A stored payload as the Python value sessions send as ``data``."""
+    """A stored payload as the Python value sessions send as ``data``, read as strictly as a
+    publisher's (``hub.payload``): raises BadPayload for anything a socket could not be sent."""
     if kind == MSGPACK_KIND:
-        return msgpack.unpackb(data, raw=False)
-    return json.loads(data)
+        return loads_msgpack(data)
+    return loads_json(data)
 
 
 class RedisHistory:
@@ -118,6 +121,8 @@ class RedisHistory:
     ``redis`` must be a client created with ``decode_responses=False``. The history does
     not own it: the caller closes it. ``latest`` and ``read`` (a connect's path) take at
     most ``timeout`` seconds (``settings.backend_timeout``), then raise BackendUnavailable.
+    Entries a read cannot decode (written by something else, or by an older hub less
+    strict) are skipped and counted in ``skipped``, never sent (docs/protocol.md §5).
     """
 
     def __init__(self, redis: Redis, *, prefix: str, size: int, ttl: float, timeout: float = 3.0) -> None:
@@ -128,6 +133,7 @@ class RedisHistory:
         self._ttl_ms = int(ttl * 1000)
         self._append = redis.register_script(_APPEND)
         self._read = redis.register_script(_READ)
+        self.skipped = 0
 
     def stream_key(self, topic: str) -> str:
         """The Redis key of ``topic``'s stream."""
@@ -182,17 +188,34 @@ class RedisHistory:
             if not exists:
                 reads[topic] = HistoryRead([], complete=key == (0, 0))
                 continue
-            found = [_notification(topic, offset, fields) for offset, fields in entries]
+            found = []
+            for offset, fields in entries:
+                notification = self._notification(topic, offset, fields)
+                if notification is not None:
+                    found.append(notification)
             reads[topic] = HistoryRead(found, complete=key >= parse_offset(max_deleted.decode()))
         return reads
 
+    def _notification(self, topic: str, offset: bytes, fields: list[bytes]) -> Notification | None:
+        """A stream entry as a notification, or None (counted) when it cannot be read."""
+        try:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            return Notification(
+                id=_text(values[b"i"]),
+                topic=topic,
+                offset=offset.decode(),
+                ts=int(values[b"t"]),
+                data=decode_data(values.get(b"k", JSON_KIND), values[b"d"]),
+            )
+        except (KeyError, ValueError) as exc:  # BadPayload is a ValueError
+            self.skipped += 1
+            log.warning("skipping unreadable history entry %r of %s: %s", offset, topic, exc)
+            return None
 
-def _notification(topic: str, offset: bytes, fields: list[bytes]) -> Notification:
-    values = dict(zip(fields[::2], fields[1::2], strict=True))
-    return Notification(
-        id=values[b"i"].decode(),
-        topic=topic,
-        offset=offset.decode(),
-        ts=int(values[b"t"]),
-        data=decode_data(values.get(b"k", JSON_KIND), values[b"d"]),
-    )
+
+def _text(raw: bytes) -> str:
+    """A stored id as text; raises BadPayload unless it is UTF-8 a socket can carry."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadPayload(f"expected a UTF-8 id, got {exc}") from None

@@ -1,46 +1,64 @@
-"""The sequencer: ``hub.ingest`` → Redis stream (the offset) → ``notifications.live`` (DESIGN.md §5).
+"""The sequencer: ``hub.ingest`` → Redis stream (the offset) → ``notifications.live`` (docs/protocol.md §5).
 
 One replica at a time consumes the ingest queue (single active consumer); when it dies
 RabbitMQ hands the queue, unacknowledged messages first, to another. Work goes in
-batches: whatever is buffered (at most ``PREFETCH`` messages) is decoded, appended in
-one Redis script call, published live with every confirm awaited together, and acked
-with one ``multiple`` ack. Nothing is acked before its live publish is confirmed, so a
-crash anywhere means redelivery; redelivered ids are already in the stream and keep
-their offset, and are published live again (sessions drop offsets they already sent),
+batches: whatever is buffered (at most ``PREFETCH`` messages) is read, appended in one
+Redis script call, published live with every confirm awaited together, and acked with
+one ``multiple`` ack. Nothing is acked before its live publish is confirmed, so a crash
+anywhere means redelivery; redelivered ids are already in the stream and keep their
+offset, and are published live again (sessions drop offsets they already sent),
 because the crash may have come between the append and the live publish.
 
-Bad input never stops the loop: an invalid routing key or an unreadable body goes to
-``hub.dead`` with an ``x-hub-reason`` header. When Redis is down the batch is kept
-(not acked, not dropped) and retried with backoff until Redis answers again.
+Poison-proof: each message is read on its own (``hub.wire.read_publish``), and one the
+hub cannot take goes to ``hub.dead`` with an ``x-hub-reason`` (``<kind>: <text>``)
+instead of failing its batch. Messages are consumed as aiormq delivers them, below
+aio-pika: no message object is built per message, and nothing stands between a frame
+and this error handling (aio-pika only logs a callback that fails, leaving its message
+unacked until a later ``multiple`` ack takes it silently). A batch can still fail as a
+whole (Redis refusing a write, the live publish failing): its messages stay at the head
+of the buffer, unacked, and are tried again one at a time, in order (never requeued:
+messages behind them are already here and would overtake them), as are messages
+delivered before (redelivered). Each such try is counted; a message tried
+``delivery_limit`` times is dead-lettered (``delivery-limit``) instead of being tried
+again. Counts live in this process: a replica that takes over starts them again. When
+Redis is unreachable the batch is kept (not acked, not dropped) and retried with backoff
+until Redis answers; that is not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from pamqp.commands import Basic
-from redis.exceptions import RedisError
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hub.backends.amqp_codec import Unreadable, decode_body, json_frame
-from hub.backends.rabbitmq import REASON_HEADER, declare_ingest
+from hub import wire
 from hub.backends.redis_history import JSON_KIND, RedisHistory
-from hub.notification import new_id, now_ms
+from hub.backends.topology import declare_ingest
+from hub.notification import now_ms
 from hub.settings import Settings
-from hub.topics import InvalidTopic, validate_topic
 
 log = logging.getLogger("hub.sequencer")
 
 PREFETCH = 512
 RETRY_FIRST = 0.05
 RETRY_MAX = 2.0
-LIVE_PROPERTIES = Basic.Properties(content_type="application/json", delivery_mode=1)
+#: Redis errors that mean "not now" (retry the same batch in place), not "not this batch".
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, OSError)
+#: Messages whose delivery count is remembered at most (the oldest are forgotten first).
+MAX_COUNTED = 10_000
 
 
 @dataclass(slots=True)
@@ -62,11 +80,14 @@ class Sequencer:
         self._connection = connection
         self._history = history
         self._settings = settings
-        self._buffer: deque[AbstractIncomingMessage] = deque()
+        self._buffer: deque[DeliveredMessage] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resubscribing: asyncio.Task[None] | None = None
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
+        self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._careful = 0
         self.stats = SequencerStats()
         self.redis_error: str | None = None
 
@@ -74,110 +95,170 @@ class Sequencer:
         """Open the channel and start consuming; returns at once (the loop runs in a task).
 
         One channel both consumes ``hub.ingest`` and publishes to ``notifications.live``
-        (with confirms): after a reconnect aio-pika restores it as one, so a batch can
-        never be delivered on a restored channel while its publishing channel is still
-        the closed one.
+        (with confirms): after a reconnect aio-pika restores it (its prefetch and the
+        queue) and ``_consume`` runs again, so a batch is never delivered on a restored
+        channel while its publishing channel is still the closed one.
         """
         self._channel = channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await declare_ingest(channel, self._settings)
-        await queue.consume(self._on_message)
+        await declare_ingest(channel, self._settings)
+        await self._consume()
+        channel.reopen_callbacks.add(self._reopened)
         self._task = asyncio.create_task(self._run(), name="hub-sequencer")
+
+    async def _consume(self) -> None:
+        assert self._channel is not None
+        underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._cancelled)
+        await underlay.basic_consume(self._settings.ingest_queue, self._on_message)
+
+    async def _reopened(self, channel: Any) -> None:
+        await self._consume()
+
+    async def _cancelled(self, frame: Any) -> None:
+        """The broker cancelled the consumer (the queue was deleted): declare, bind, consume
+        again, as aio-pika does for the consumers it restores itself."""
+        if self._task is None or self._resubscribing is not None:
+            return
+        self._resubscribing = asyncio.create_task(self._resubscribe(), name="hub-sequencer-resubscribe")
+
+    async def _resubscribe(self) -> None:
+        assert self._channel is not None
+        delay = RETRY_FIRST
+        while self._task is not None:
+            try:
+                queue = await declare_ingest(self._channel, self._settings)
+                await queue.bind(self._settings.exchange, "#")
+                await self._consume()
+            except Exception as exc:  # the broker may be away too: try again
+                log.warning("could not consume %s again: %r", self._settings.ingest_queue, exc)
+                await asyncio.sleep(delay)  # backoff, not synchronisation
+                delay = min(delay * 2, RETRY_MAX)
+            else:
+                log.warning("consuming %s again after the broker cancelled it", self._settings.ingest_queue)
+                break
+        self._resubscribing = None
 
     async def close(self) -> None:
         """Stop the loop (unacked messages go back to the queue for the next sequencer)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._resubscribing, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._resubscribing = None
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: DeliveredMessage) -> None:
         self._buffer.append(message)
         self._ready.set()
 
     async def _run(self) -> None:
+        """Messages leave the buffer, in order, only once done (sequenced or dead-lettered)."""
+        buffer = self._buffer
         while True:
-            while not self._buffer:
+            while not buffer:
                 self._ready.clear()
                 await self._ready.wait()
-            batch = list(self._buffer)
-            self._buffer.clear()
-            try:
-                await self._process(batch)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                log.warning("sequencer batch of %d not done, requeued: %r", len(batch), exc)
-                await self._requeue(batch)
-            except Exception:
-                log.exception("sequencer batch of %d failed; requeued", len(batch))
-                await self._requeue(batch)
-            else:
+            while buffer and buffer[0].channel.is_closed:
+                buffer.popleft()  # the broker requeued it with its channel; it comes back redelivered
+                self._careful = max(0, self._careful - 1)
+            if not buffer:
+                continue
+            if self._careful or buffer[0].redelivered:
+                await self._one(buffer[0])
+                continue
+            batch = list(itertools.takewhile(lambda message: not message.redelivered, buffer))
+            if await self._attempt(batch):
+                for _ in batch:
+                    buffer.popleft()
                 self._failures = 0
+            else:
+                self._careful = len(batch)  # one of them failed it: each alone now
+                await self._back_off()
 
-    async def _requeue(self, batch: list[AbstractIncomingMessage]) -> None:
-        """Give a failed batch back to the queue, then back off before the next one.
+    async def _one(self, message: DeliveredMessage) -> None:
+        """The head message alone: it failed a batch, or was delivered before, so it is counted."""
+        key = _identity(message)
+        attempt = self._attempts.get(key, 1) + 1
+        limit = self._settings.delivery_limit
+        dead = ("delivery-limit", f"tried {attempt - 1} times (delivery_limit {limit})") if attempt > limit else None
+        if await self._attempt([message], dead):
+            self._buffer.popleft()
+            self._attempts.pop(key, None)
+            self._careful = max(0, self._careful - 1)
+            self._failures = 0
+            return
+        self._attempts[key] = min(attempt, limit)
+        self._attempts.move_to_end(key)
+        while len(self._attempts) > MAX_COUNTED:
+            self._attempts.popitem(last=False)
+        await self._back_off()
 
-        On a live channel the batch is nacked (requeued in order, for us or the next
-        active consumer); on a dead one the broker requeues it by itself. Messages already
-        appended keep their offset when they come back (de-duplication by id).
+    async def _attempt(self, batch: list[DeliveredMessage], dead: tuple[str, str] | None = None) -> bool:
+        """Process ``batch`` (dead-letter all of it with ``dead``); whether it was done.
+
+        Not done, its messages stay unacked at the head of the buffer and are tried again
+        (there is no requeue: messages behind them are already here, and would overtake).
         """
-        with contextlib.suppress(Exception):
-            await batch[-1].nack(multiple=True, requeue=True)
+        try:
+            await self._process(batch, dead)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, RedisError) as exc:
+            log.warning("sequencer batch of %d not done, will try again: %r", len(batch), exc)
+        except Exception:
+            log.exception("sequencer batch of %d failed; will try again", len(batch))
+        else:
+            return True
+        return False
+
+    async def _back_off(self) -> None:
         self._failures += 1
         await asyncio.sleep(min(RETRY_FIRST * 2**self._failures, RETRY_MAX))  # backoff, not synchronisation
 
-    async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
-        entries: list[tuple[str, str, int, bytes, bytes]] = []
-        json_data: list[str] = []
-        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
+    async def _process(self, batch: list[DeliveredMessage], dead_reason: tuple[str, str] | None) -> None:
         now = now_ms()
-        lag = 0
+        publishes: list[wire.Publish] = []
+        dead: list[tuple[DeliveredMessage, str, str]] = []
         for message in batch:
-            try:
-                topic = validate_topic(message.routing_key)
-            except InvalidTopic as exc:
-                dead.append((message, "invalid-topic", f"invalid routing key: {exc}"))
+            if dead_reason is not None:
+                dead.append((message, *dead_reason))
                 continue
             try:
-                data_json, _ = decode_body(message.body, message.content_type)
-            except Unreadable as exc:
-                dead.append((message, "unreadable", f"unreadable body: {exc}"))
-                continue
-            ts = (message.headers or {}).get("ts")
-            ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else now
-            id = message.message_id or new_id()
-            entries.append((topic, id, ts, JSON_KIND, data_json.encode()))
-            json_data.append(data_json)
-            lag = max(lag, now - ts)
-        self.stats.last_lag_ms = lag
+                publishes.append(wire.read_publish(message.routing_key, message.header, message.body, now=now))
+            except wire.Refused as exc:
+                dead.append((message, exc.kind, exc.text))
+            except Exception as exc:  # a bug must not fail the other messages of the batch
+                log.exception("unexpected error reading an ingest message")
+                dead.append((message, "unexpected", repr(exc)))
+        self.stats.last_lag_ms = max(0, max((now - p.ts for p in publishes), default=0))
+        entries = [(p.topic, p.id, p.ts, JSON_KIND, p.data_json.encode()) for p in publishes]
         results = await self._append(entries) if entries else []
         assert self._channel is not None
         live = await self._channel.get_underlay_channel()
         confirms: list[Awaitable[object]] = [
             live.basic_publish(
-                json_frame(id, topic, offset, ts, data_json).encode(),
+                wire.json_frame(p.id, p.topic, offset, p.ts, p.data_json).encode(),
                 exchange=self._settings.live_exchange,
-                routing_key=topic,
-                properties=LIVE_PROPERTIES,
+                routing_key=p.topic,
+                properties=wire.LIVE_PROPERTIES,
             )
-            for (topic, id, ts, _, _), data_json, (offset, _) in zip(entries, json_data, results, strict=True)
+            for p, (offset, _) in zip(publishes, results, strict=True)
         ]
-        for message, kind, reason in dead:
-            self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
-            confirms.append(self._dead_letter(live, message, reason))
+        confirms += [self._dead_letter(live, message, kind, text) for message, kind, text in dead]
         await asyncio.gather(*confirms)
-        await batch[-1].ack(multiple=True)
+        await batch[-1].channel.basic_ack(_tag(batch[-1]), multiple=True)
+        for _, kind, _ in dead:  # counted once done, not at each try
+            self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
         self.stats.batches += 1
         self.stats.sequenced += len(entries)
         self.stats.duplicates += sum(1 for _, dup in results if dup)
 
     async def _append(self, entries: list[tuple[str, str, int, bytes, bytes]]) -> list[tuple[str, bool]]:
-        """Append with retries: Redis down means wait (not ack, not drop), then go on."""
+        """Append with retries while Redis is away (not ack, not drop); other errors fail the batch."""
         delay = RETRY_FIRST
         while True:
             try:
                 results = await self._history.append_batch(entries)
-            except (RedisError, OSError) as exc:
+            except REDIS_AWAY as exc:
                 self.redis_error = repr(exc)
                 self.stats.redis_retries += 1
                 if self.stats.redis_retries % 20 == 1:
@@ -189,21 +270,27 @@ class Sequencer:
             return results
 
     def _dead_letter(
-        self, channel: aiormq.abc.AbstractChannel, message: AbstractIncomingMessage, reason: str
-    ) -> asyncio.Future[object]:
-        log.warning("dead-lettering a message with routing key %r: %s", message.routing_key, reason)
-        headers = dict(message.headers or {})
-        headers[REASON_HEADER] = reason
-        headers["x-hub-routing-key"] = message.routing_key or ""
-        properties = Basic.Properties(
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            message_id=message.message_id,
-            delivery_mode=2,
-            headers=headers,
+        self, channel: aiormq.abc.AbstractChannel, message: DeliveredMessage, kind: str, text: str
+    ) -> Awaitable[object]:
+        routing_key = message.routing_key
+        log.warning("dead-lettering a message with routing key %r: %s: %s", routing_key, kind, text[:200])
+        properties = wire.dead_letter_properties(message.header, routing_key, kind, text)
+        return channel.basic_publish(
+            message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties
         )
-        return asyncio.ensure_future(
-            channel.basic_publish(
-                message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties
-            )
-        )
+
+
+def _tag(message: DeliveredMessage) -> int:
+    tag = message.delivery_tag
+    assert tag is not None, "expected a delivery (basic.deliver), got a message without a tag"
+    return tag
+
+
+def _identity(message: DeliveredMessage) -> str:
+    """What identifies a message across its deliveries: its id, else a digest of it."""
+    message_id = message.header.properties.message_id
+    if isinstance(message_id, str) and message_id:
+        return "i:" + message_id
+    digest = hashlib.blake2b(message.body, digest_size=16)
+    digest.update((message.routing_key or "").encode("utf-8", "surrogateescape"))
+    return "d:" + digest.hexdigest()
