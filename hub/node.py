@@ -53,10 +53,19 @@ class Node:
         self.started = False
 
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None, source: str
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
+        source: str,
     ) -> Receipt:
         """Validate ``topic`` and hand the notification to the broker; raises InvalidTopic."""
-        receipt = await self.backend.broker.publish(validate_topic(topic), data, message_id=message_id, ttl=ttl)
+        receipt = await self.backend.broker.publish(
+            validate_topic(topic), data, message_id=message_id, ttl=ttl, priority=priority
+        )
         self.metrics.notifications_in.labels(source=source).inc()
         return receipt
 

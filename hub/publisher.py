@@ -112,20 +112,38 @@ class Publisher:
     ) -> None:
         await self.close()
 
-    async def publish(self, user: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
-        """Publish ``data`` (any JSON value) to ``user.<user>``; return the notification id."""
-        return await self.publish_topic(user_topic(user), data, message_id=message_id, ttl=ttl)
+    async def publish(
+        self,
+        user: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """Publish ``data`` (any JSON value) to ``user.<user>``; return the notification id.
+
+        ``priority`` (0-9, default 0): an urgent notification (a 2FA code, a security
+        alert) overtakes a backlog waiting to be sequenced (docs/protocol.md §5).
+        """
+        return await self.publish_topic(user_topic(user), data, message_id=message_id, ttl=ttl, priority=priority)
 
     async def publish_topic(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> str:
         """Publish to any topic (e.g. ``broadcast``); return the notification id."""
-        message, id = _message(validate_topic(topic), data, message_id, ttl, self._delivery_mode)
+        message, id = _message(validate_topic(topic), data, message_id, ttl, priority, self._delivery_mode)
         await self._ready().publish(message, routing_key=topic, mandatory=False)
         return id
 
     async def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Publish ``{"user"|"topic", "data", "id"?, "ttl"?}`` items, confirms awaited together.
+        """Publish ``{"user"|"topic", "data", "id"?, "ttl"?, "priority"?}`` items, confirms awaited together.
 
         Every item is validated before anything is sent; returns the ids in order.
         """
@@ -134,9 +152,10 @@ class Publisher:
             if ("user" in item) == ("topic" in item):
                 raise InvalidTopic(f"expected exactly one of 'user' or 'topic' in {dict(item)!r:.80}")
             topic = user_topic(item["user"]) if "user" in item else validate_topic(item["topic"])
-            prepared.append(
-                (topic, *_message(topic, item.get("data"), item.get("id"), item.get("ttl"), self._delivery_mode))
+            message = _message(
+                topic, item.get("data"), item.get("id"), item.get("ttl"), item.get("priority"), self._delivery_mode
             )
+            prepared.append((topic, *message))
         exchange = self._ready()
         await asyncio.gather(
             *(exchange.publish(message, routing_key=topic, mandatory=False) for topic, message, _ in prepared)
@@ -150,10 +169,16 @@ class Publisher:
 
 
 def _message(
-    topic: str, data: Any, message_id: str | None, ttl: float | None, mode: aio_pika.DeliveryMode
+    topic: str,
+    data: Any,
+    message_id: str | None,
+    ttl: float | None,
+    priority: int | None,
+    mode: aio_pika.DeliveryMode,
 ) -> tuple[aio_pika.Message, str]:
-    """The message for ``data`` and its id, built by ``hub.wire`` (ValueError for a bad id or ttl)."""
-    return build_message(data, message_id=message_id, ttl=ttl, persistent=mode == aio_pika.DeliveryMode.PERSISTENT)
+    """The message for ``data`` and its id, built by ``hub.wire`` (ValueError for a bad id, ttl or priority)."""
+    persistent = mode == aio_pika.DeliveryMode.PERSISTENT
+    return build_message(data, message_id=message_id, ttl=ttl, priority=priority, persistent=persistent)
 
 
 class BlockingPublisher:
@@ -204,13 +229,29 @@ class BlockingPublisher:
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._timeout)
 
-    def publish(self, user: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
+    def publish(
+        self,
+        user: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
+    ) -> str:
         """See ``Publisher.publish``."""
-        return self._call(self._publisher.publish(user, data, message_id=message_id, ttl=ttl))
+        return self._call(self._publisher.publish(user, data, message_id=message_id, ttl=ttl, priority=priority))
 
-    def publish_topic(self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
+    def publish_topic(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
+    ) -> str:
         """See ``Publisher.publish_topic``."""
-        return self._call(self._publisher.publish_topic(topic, data, message_id=message_id, ttl=ttl))
+        return self._call(self._publisher.publish_topic(topic, data, message_id=message_id, ttl=ttl, priority=priority))
 
     def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """See ``Publisher.publish_many``."""

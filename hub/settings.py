@@ -99,6 +99,11 @@ class Settings:
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
     prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
     ingest_max_length: int = _setting(1_000_000, "messages `hub.ingest` holds at most (older overflow to `hub.dead`)")
+    ingest_max_priority: int = _setting(
+        9,
+        "`x-max-priority` of `hub.ingest`: publishes with a higher AMQP priority (0-9) overtake a backlog; "
+        "`0`: a classic queue (priorities ignored). Fixed when the queue is created (docs/operations.md §5)",
+    )
     delivery_limit: int = _setting(5, "deliveries of one ingest message before it is dead-lettered")
     exchange: str = _setting("notifications", "the publishers' topic exchange")
     live_exchange: str = _setting("notifications.live", "the sequenced-notifications exchange the sockets bind on")
@@ -206,6 +211,8 @@ class Settings:
         for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ingest_max_priority <= 9:
+            raise ConfigError(f"HUB_INGEST_MAX_PRIORITY: expected 0 to 9, got {self.ingest_max_priority}")
         for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative, got {getattr(self, name)}")

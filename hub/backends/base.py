@@ -87,12 +87,20 @@ class Broker(Protocol):
     """Carries notifications from publishers to live subscriptions."""
 
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> Receipt:
         """Accept a notification for ``topic`` (already validated) and return once it is safe.
 
         "Safe" means sequenced into history (embedded) or confirmed by the broker
-        (AMQP). ``ttl`` (seconds) bounds how long an undelivered message may wait.
+        (AMQP). ``ttl`` (seconds) bounds how long an undelivered message may wait;
+        ``priority`` (0-9) lets it overtake a backlog waiting to be sequenced
+        (docs/protocol.md §5); where nothing waits it changes nothing.
         """
         ...
 

@@ -156,7 +156,13 @@ class MemoryBroker:
         self.overflows = 0
 
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> Receipt:
         id = message_id or new_id()
         ts = now_ms()

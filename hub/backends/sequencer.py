@@ -229,6 +229,12 @@ class Sequencer:
             except Exception as exc:  # a bug must not fail the other messages of the batch
                 log.exception("unexpected error reading an ingest message")
                 dead.append((message, "unexpected", repr(exc)))
+        # RabbitMQ hands out urgent messages first from what waits in hub.ingest; within a
+        # batch already delivered, they go first too (stable: equal priorities keep their
+        # order). Capped like RabbitMQ caps them; with priorities off, nothing moves.
+        top = self._settings.ingest_max_priority
+        if top > 0:
+            publishes.sort(key=lambda p: -min(p.priority, top))
         self.stats.last_lag_ms = max(0, max((now - p.ts for p in publishes), default=0))
         entries = [(p.topic, p.id, p.ts, JSON_KIND, p.data_json.encode()) for p in publishes]
         results = await self._append(entries) if entries else []
