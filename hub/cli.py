@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--topic", help="a topic, e.g. broadcast")
     publish.add_argument("data", help="the payload, JSON (a bare word is sent as a string)")
     publish.add_argument("--id", help="message id (de-duplication key)")
+    publish.add_argument(
+        "--priority", type=int, choices=range(10), metavar="0-9", help="AMQP priority: 9 overtakes a backlog first"
+    )
     publish.add_argument("--url", default=None, help="publish over HTTP to this hub (default: HUB_URL)")
     publish.set_defaults(run=_publish)
 
@@ -161,7 +164,7 @@ def _publish(args: argparse.Namespace) -> int:
 
         try:
             with BlockingPublisher.from_settings(settings) as publisher:
-                id = publisher.publish_topic(topic, data, message_id=args.id)
+                id = publisher.publish_topic(topic, data, message_id=args.id, priority=args.priority)
         except (AMQPError, ConnectionError, TimeoutError) as exc:
             print(f"hub: RabbitMQ did not take the notification ({exc!r}); nothing was published", file=sys.stderr)
             return EXIT_REFUSED
@@ -171,6 +174,8 @@ def _publish(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"topic": topic, "data": data}
     if args.id:
         body["id"] = args.id
+    if args.priority is not None:
+        body["priority"] = args.priority
     response = httpx.post(
         (args.url or settings.client_url).rstrip("/") + "/api/publish",
         json=body,
