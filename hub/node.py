@@ -12,6 +12,7 @@ from hub.backends import create_backend
 from hub.backends.base import Backend, Receipt
 from hub.codes import CloseCode
 from hub.metrics import Metrics
+from hub.monitor import Monitor
 from hub.settings import Settings
 from hub.topics import validate_topic
 
@@ -35,6 +36,7 @@ class Node:
         self._no_sessions.set()
         self.draining = False
         self.started = False
+        self.monitor = Monitor(self)
 
     async def start(self) -> None:
         """Start the backend; raises when its engines cannot be reached."""
@@ -42,10 +44,12 @@ class Node:
             log.warning("%s is not set: using an insecure development default (never in production)", name)
         await self.backend.start()
         self.started = True
+        self.monitor.start()
         log.info("replica %s ready on the %s backend", self.settings.replica_id, self.backend.name)
 
     async def close(self) -> None:
         """Close every session still open, then the backend."""
+        await self.monitor.stop()
         for session in list(self.sessions):
             session.close(CloseCode.SERVICE_RESTART, "replica shutting down")
         await self._wait_sessions_gone(5.0)

@@ -148,6 +148,11 @@ class Sequencer:
                     await task
         self._task = self._resubscribing = None
 
+    @property
+    def inflight(self) -> int:
+        """Messages delivered to this sequencer and not yet acknowledged (done or dead-lettered)."""
+        return len(self._buffer)
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         self._buffer.append(message)
         self._ready.set()
