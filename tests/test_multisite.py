@@ -12,6 +12,7 @@ the backends publish as `publisher` and the federation links connect as `federat
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ def site_definitions(upstream: RabbitNode, passwords: dict[str, str]) -> dict[st
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
     base = tmp_path_factory.mktemp("sites")
-    nodes = start_nodes(base, ["a", "b"], plugins=["rabbitmq_federation"])
+    # rabbitmq_prometheus too: the alert rules' RabbitMQ metrics are checked on a real scrape
+    nodes = start_nodes(base, ["a", "b"], plugins=["rabbitmq_federation", "rabbitmq_prometheus"])
     try:
         passwords = {user: uuid.uuid4().hex for user in ("hub", "publisher", "federation")}
         a, b = nodes
@@ -177,3 +179,20 @@ async def test_a_notification_published_at_one_site_reaches_a_user_at_the_other(
         await at_b.expect_silence(0.2)
     await at_a.close()
     await at_b.close()
+
+
+async def test_the_rabbitmq_metrics_the_alerts_and_dashboard_name_exist(sites: Sites) -> None:
+    """docker/prometheus/alerts.yml and the dashboard name rabbitmq_* series: a real
+    rabbitmq_prometheus (this RabbitMQ version) must export each of them."""
+    import httpx
+
+    from tests.test_alerts import alert_rules, dashboard_queries, metric_names
+
+    assert sites.a.prometheus_port is not None
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{sites.a.prometheus_port}/metrics")).text
+    exported = set(re.findall(r"^([a-z_]+)(?:\{| )", text, re.M))
+    named = metric_names([rule["expr"] for rule in alert_rules()] + dashboard_queries())
+    rabbitmq = {name for name in named if name.startswith("rabbitmq_")}
+    assert rabbitmq, "expected the rules to watch RabbitMQ"
+    assert rabbitmq <= exported, f"not exported by rabbitmq_prometheus: {sorted(rabbitmq - exported)}"
