@@ -59,7 +59,9 @@ def loads_json(text: str | bytes) -> Any:
         value = _decoder.decode(text)
     except BadPayload:
         raise
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise BadPayload(f"expected values nested at most {MAX_DEPTH} deep") from None
+    except ValueError as exc:
         raise BadPayload(f"expected JSON, got unreadable JSON ({exc})") from None
     check(value)
     return value
