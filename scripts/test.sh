@@ -14,3 +14,5 @@ bash scripts/setup.sh
 if [ -f client-js/package.json ]; then
   npm --prefix client-js test
 fi
+# the npm package as users get it: npm pack, installed into a scratch project, Node and Chromium
+npm --prefix client-js run test:pack
