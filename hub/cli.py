@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from hub.listen import register as register_listen
 from hub.settings import ConfigError, Settings, config_table
 from hub.topics import InvalidTopic, user_topic, validate_topic
 
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     presence.add_argument("users", nargs="+")
     presence.add_argument("--url", default=None, help="hub URL (HUB_URL, default http://127.0.0.1:8080)")
     presence.set_defaults(run=_presence)
+
+    register_listen(commands)  # hub listen --user 42 (hub/listen.py)
 
     config = commands.add_parser("config", help="print the configuration table (markdown)")
     config.set_defaults(run=lambda args: print(config_table()) or 0)
