@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the hub and its tests need on a fresh Debian machine, idempotently:
 # the Python virtualenv with the package, the Debian packages the tests drive
-# (chromium, haproxy, docker-compose, docker.io and debootstrap for the docker test, php for
-# the README's PHP examples), and client-js's
-# npm dependencies. Starts Redis and RabbitMQ when they are not running.
+# (chromium, haproxy, docker-compose; docker.io and debootstrap for the docker test; php-cli
+# and php-amqplib for the README's PHP examples), and client-js's npm dependencies. Starts
+# Redis and RabbitMQ when they are not running.
 #   scripts/setup.sh            everything the tests need
 #   scripts/setup.sh --runtime  only the virtualenv with the hub (enough for `make run`)
 set -euo pipefail
