@@ -178,6 +178,9 @@ async def stack(docker: Engine) -> AsyncIterator[tuple[Project, dict[str, str]]]
         await _wait(
             lambda: _all_healthy(docker, project), 240, "every service healthy", lambda: _status(docker, project)
         )
+        # Docker's "healthy" is each replica's own /readyz; HAProxy's checks (rise 2) follow shortly.
+        stats = f"http://127.0.0.1:{env['HUB_STATS_PORT']}/stats;csv"
+        await _wait(lambda: _lb_servers_up(stats), 30, "HAProxy to see hub1-3 UP", lambda: _status(docker, project))
         yield project, env
     finally:
         logs = docker.compose(project, "logs", "--no-color", "--tail", "40", check=False).stdout
@@ -187,6 +190,16 @@ async def stack(docker: Engine) -> AsyncIterator[tuple[Project, dict[str, str]]]
         assert down.returncode == 0, down.stderr + logs
         assert not left.split(), f"containers left after down -v: {left}"
         assert not volumes.stdout.split(), f"volumes left after down -v: {volumes.stdout}"
+
+
+async def _lb_servers_up(stats_url: str) -> bool:
+    async with httpx.AsyncClient(timeout=5) as http:
+        try:
+            rows = (await http.get(stats_url)).text.splitlines()
+        except httpx.TransportError:
+            return False
+    up = {row.split(",")[1] for row in rows if row.startswith("hubs,hub") and ",UP," in row}
+    return up == {"hub1", "hub2", "hub3"}
 
 
 def _containers(docker: Engine, project: Project) -> dict[str, str]:
