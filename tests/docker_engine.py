@@ -187,12 +187,16 @@ def engine() -> Iterator[Engine]:
 
 
 def _remove_leftovers(running: Engine) -> None:
-    """Containers, volumes and networks of an earlier run that was killed (this engine is the test's alone)."""
+    """Containers, volumes and networks an earlier run left (killed), and untagged images.
+
+    This engine is the test's alone, so everything in it is the test's to remove.
+    """
     containers = running.docker("ps", "-aq").stdout.split()
     if containers:
         running.docker("rm", "-f", "-v", *containers)
     running.docker("volume", "prune", "-f")
     running.docker("network", "prune", "-f")
+    running.docker("image", "prune", "-f")  # images a later build took the tag from (layers stay cached)
 
 
 def build_standins(running: Engine) -> None:
