@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from hub.listen import register as register_listen
 from hub.payload import BadPayload, dumps_json, loads_json
 from hub.settings import ConfigError, Settings, config_table, effective_table
 from hub.topics import InvalidTopic, user_topic, validate_topic
@@ -90,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     presence.add_argument("users", nargs="+")
     presence.add_argument("--url", default=None, help="ask this hub over HTTP (default: HUB_URL)")
     presence.set_defaults(run=_presence)
+
+    register_listen(commands)  # hub listen --user 42 (hub/listen.py)
 
     config = commands.add_parser("config", help="print the configuration table (markdown)")
     config.add_argument(

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from itertools import accumulate
 from typing import Any, Final
 
 import msgpack
@@ -55,13 +53,15 @@ def loads_json(text: str | bytes) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadPayload(f"expected UTF-8 JSON text, got {exc}") from None
-    if _too_deep(text):
-        raise BadPayload(f"expected JSON nested at most {MAX_DEPTH} deep")
     try:
+        # Deep input stops the C decoder at the interpreter's recursion limit (a caught
+        # RecursionError, no crash); ``check`` then applies MAX_DEPTH to what parsed.
         value = _decoder.decode(text)
     except BadPayload:
         raise
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise BadPayload(f"expected values nested at most {MAX_DEPTH} deep") from None
+    except ValueError as exc:
         raise BadPayload(f"expected JSON, got unreadable JSON ({exc})") from None
     check(value)
     return value
@@ -125,17 +125,3 @@ def _check_text(text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise BadPayload("expected text without lone surrogates (\\ud800-\\udfff)") from None
-
-
-def _too_deep(text: str) -> bool:
-    """True when brackets nest past ``MAX_DEPTH`` outside strings: a pre-check, so the
-    C decoder never recurses on hostile input (it would raise RecursionError only at
-    about 1,000 levels, after using that much stack)."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
-        return False
-    brackets = _BRACKETS.findall(_STRINGS.sub("", text))
-    return max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0) > MAX_DEPTH
-
-
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(r"[\[\]{}]")

@@ -15,3 +15,5 @@ PYTHON_SOURCES=(hub tests testkit bench docker/cluster.py)
 if [ -f client-js/package.json ]; then
   npm --prefix client-js test
 fi
+# the npm package as users get it: npm pack, installed into a scratch project, Node and Chromium
+npm --prefix client-js run test:pack

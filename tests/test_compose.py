@@ -116,3 +116,37 @@ def test_image_is_slim_and_non_root() -> None:
     assert users
     assert not users[-1].startswith(("0", "root"))
     assert 'ENTRYPOINT ["hub"]' in dockerfile
+
+
+def test_host_ports_are_configurable() -> None:
+    """No hard-coded host port: each published port comes from a variable (defaults as documented)."""
+    published = re.findall(r'^\s+- "(.+):\d+"', COMPOSE.read_text(), re.M)
+    assert published
+    assert all("${" in mapping for mapping in published), published
+    ports = {"HUB_PUBLIC_PORT": "18080", "HUB_STATS_PORT": "18404"}
+    ports |= {"RABBITMQ_MANAGEMENT_PORT": "18672", "RABBITMQ_METRICS_PORT": "18692"}
+    config = compose("config", env={**ENV, **ports}).stdout
+    for port in ports.values():
+        assert port in config, f"{port} not published: {config}"
+
+
+def test_low_file_limit_override() -> None:
+    """docker/compose.lowfd.yaml lowers HAProxy's nofile limit to HUB_LB_NOFILE."""
+    tool = need("docker-compose", "apt-get install -y docker-compose")
+    files = ["-f", str(COMPOSE), "-f", str(DOCKER / "compose.lowfd.yaml")]
+    result = subprocess.run(
+        [tool, *files, "config"], env={**ENV, "HUB_LB_NOFILE": "4321"}, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"nofile:\n\s+hard: 4321\n\s+soft: 4321", result.stdout), result.stdout
+    assert "200000" not in result.stdout
+
+
+def test_both_dockerignore_files_agree() -> None:
+    """BuildKit reads docker/Dockerfile.dockerignore, the classic builder (docker-compose 1.x) .dockerignore."""
+
+    def rules(path: Path) -> list[str]:
+        return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+    assert rules(DOCKER.parent / ".dockerignore") == rules(DOCKER / "Dockerfile.dockerignore")
+    assert "!hub/" in rules(DOCKER / "Dockerfile.dockerignore")

@@ -193,7 +193,7 @@ class RedisHistory:
                 notification = self._notification(topic, offset, fields)
                 if notification is not None:
                     found.append(notification)
-            reads[topic] = HistoryRead(found, complete=key >= parse_offset(max_deleted.decode()))
+            reads[topic] = HistoryRead(found, complete=_complete(key, parse_offset(max_deleted.decode()), horizon))
         return reads
 
     def _notification(self, topic: str, offset: bytes, fields: list[bytes]) -> Notification | None:
@@ -211,6 +211,22 @@ class RedisHistory:
             self.skipped += 1
             log.warning("skipping unreadable history entry %r of %s: %s", offset, topic, exc)
             return None
+
+
+def _complete(after: tuple[int, int], max_deleted: tuple[int, int], horizon: int) -> bool:
+    """Whether nothing published after ``after`` is missing from a read of a stream that exists.
+
+    Within one stream's life ``max-deleted-entry-id`` is exact: the read is complete iff
+    ``after`` is at or past it. But an idle stream key expires (``PEXPIRE``) and a later
+    publish starts a new one that remembers nothing deleted. That can only hide a loss
+    when ``after`` is older than the age horizon (whatever followed it expired at least one
+    TTL ago); so an ``after`` older than the horizon is complete only when this stream
+    itself deleted exactly up to it. ``0-0`` (nothing seen yet) stays complete on a stream
+    that never deleted anything: the client connected before the topic had history.
+    """
+    if after < max_deleted:
+        return False
+    return after[0] >= horizon or after == max_deleted
 
 
 def _text(raw: bytes) -> str:
