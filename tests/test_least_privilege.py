@@ -150,8 +150,13 @@ async def test_hub_runs_with_the_hub_user_and_the_publisher_reaches_a_socket(
                         await exchange.publish(aio_pika.Message(b'"bad"'), routing_key="user.a*b")
                     dead = await channel.declare_queue("hub.dead", passive=True)
                     letter = await wait_for(lambda: dead.get(fail=False), what="a dead letter")
-                    assert "invalid routing key" in str(letter.headers["x-hub-reason"])
+                    assert str(letter.headers["x-hub-reason"]).startswith("invalid-topic:")
                     await letter.ack()
+            # readiness (a probe through the default exchange) and hub.ingest's length (a
+            # passive declare) work with the hub's permissions too
+            await hub.node.monitor.look()
+            assert "\nhub_ready 1.0\n" in (await hub.http.get("/metrics")).text
+            assert ("ingest_backlog" in hub.node.backend.stats()) == (history == "on")
             await client.close()
 
 
