@@ -307,7 +307,10 @@ class Session:
         for topic in claims.topics:
             read = reads.get(topic)
             found = read.notifications if read is not None else ()
-            offsets[topic] = (found[-1].offset or ZERO_OFFSET) if found else latest.get(topic) or since[topic]
+            if read is not None and read.latest is not None:  # another site's offset: start at ours
+                offsets[topic] = read.latest
+            else:
+                offsets[topic] = (found[-1].offset or ZERO_OFFSET) if found else latest.get(topic) or since[topic]
             self.last[topic] = parse_offset(offsets[topic])
         await self._send_frame(self._connected(claims, recovered=recovered, offsets=offsets))
         for read in reads.values():

@@ -196,3 +196,47 @@ async def test_the_rabbitmq_metrics_the_alerts_and_dashboard_name_exist(sites: S
     rabbitmq = {name for name in named if name.startswith("rabbitmq_")}
     assert rabbitmq, "expected the rules to watch RabbitMQ"
     assert rabbitmq <= exported, f"not exported by rabbitmq_prometheus: {sorted(rabbitmq - exported)}"
+
+
+async def test_a_user_moving_to_the_other_site_is_told_to_refetch_and_is_never_muted(
+    sites: Sites, site_hubs: tuple[RunningHub, RunningHub]
+) -> None:
+    """Offsets are per site: site B cannot resume from site A's offset. It says so
+    (``recovered: false``, its own latest offsets), replays no guess, and delivers what
+    comes next, also when A's offset is ahead of everything B issued."""
+    hub_a, hub_b = site_hubs
+    await wait_for(lambda: links_running(sites), timeout=30, what="both federation links to run")
+    topic = "user.mover"
+    async with Publisher(sites.url(sites.a, "publisher")) as publisher_a:
+        at_a = await hub_a.connect("mover")
+        at_b_watch = await hub_b.connect("mover")  # to know when B has what A has
+        for n in range(3):
+            await publisher_a.publish("mover", {"n": n}, message_id=f"mover-{n}")
+        seen_at_a = await at_a.notifications(3, timeout=30)
+        await at_b_watch.notifications(3, timeout=30)
+        since = {topic: seen_at_a[-1]["offset"]}  # what a client of site A holds
+        await at_a.close()
+        history_b = hub_b.node.backend.history
+        assert history_b is not None
+        b_latest = (await history_b.latest([topic]))[topic]
+
+        # the move: the client reconnects at site B with site A's offset
+        moved = await hub_b.connect("mover", since=since)
+        assert moved.connected["recovered"] is False
+        assert moved.connected["offsets"] == {topic: b_latest}
+        await moved.expect_silence(0.5)  # no replay of B's copies of what A delivered
+        await publisher_a.publish("mover", "after the move", message_id="mover-after")
+        (frame,) = await moved.notifications(1, timeout=30)
+        assert frame["data"] == "after the move"
+        await moved.close()
+
+        # an offset ahead of every offset of site B (A's clock or sequence ran ahead)
+        ahead = f"{int(b_latest.split('-')[0]) + 600_000}-0"
+        ahead_client = await hub_b.connect("mover", since={topic: ahead})
+        assert ahead_client.connected["recovered"] is False
+        assert ahead_client.connected["offsets"] == {topic: (await history_b.latest([topic]))[topic]}
+        await publisher_a.publish("mover", "not muted", message_id="mover-not-muted")
+        (frame,) = await ahead_client.notifications(1, timeout=30)
+        assert frame["data"] == "not muted"
+        await ahead_client.close()
+        await at_b_watch.close()
