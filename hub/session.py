@@ -30,6 +30,7 @@ from hub.backends.base import (
     SubscriptionOverflow,
 )
 from hub.codes import CloseCode
+from hub.logs import bind_connection
 from hub.notification import now_ms
 from hub.protocol import (
     PING_FRAME,
@@ -170,6 +171,7 @@ class Session:
         """Accept the upgrade, serve the connection, and always leave it closed and forgotten."""
         node = self.node
         metrics = node.metrics
+        bind_connection(self.conn_id)  # every line logged for this socket carries it (hub.logs)
         await self._send({"type": "websocket.accept", "subprotocol": self._subprotocol})
         self._set_state(State.AUTHENTICATING)
         subscription: Subscription | None = None
@@ -178,6 +180,7 @@ class Session:
         try:
             connect = await self._await_connect()
             self.claims = claims = self._verify(connect.token)
+            bind_connection(self.conn_id, claims.user)
             for topic in connect.since:
                 if topic not in claims.topics:
                     raise Disconnect(CloseCode.FORBIDDEN, f"topic {topic!r} in 'since' is not granted by the token")
@@ -222,6 +225,7 @@ class Session:
                 await _quietly(subscription.close())
             if conn is not None:
                 await _quietly(node.backend.presence.remove(conn))
+        log.debug("closing: %s %s", outcome.code if outcome.code is not None else "(socket gone)", outcome.message)
         if outcome.code is not None:
             await self._close(outcome.code, outcome.message)
 

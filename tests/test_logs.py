@@ -70,6 +70,7 @@ async def test_hub_serve_logs_json_and_says_which_services_it_uses() -> None:
                 "HUB_API_KEY": "logs-key",
                 "HUB_PORT": str(port),
                 "HUB_LOG_FORMAT": "json",
+                "HUB_LOG_LEVEL": "debug",
                 "HUB_REPLICA_ID": "logs-replica",
                 "HUB_DRAIN_SECONDS": "0",
             },
@@ -90,7 +91,9 @@ async def test_hub_serve_logs_json_and_says_which_services_it_uses() -> None:
 
             async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
                 await ws.send(json.dumps({"type": "connect", "token": make_token("log-user")}))
-                assert json.loads(await ws.recv())["type"] == "connected"
+                connected = json.loads(await ws.recv())
+                assert connected["type"] == "connected"
+                await ws.send("not a frame")  # closed with 4002: the session logs its close
         finally:
             process.send_signal(signal.SIGTERM)
             stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
@@ -113,3 +116,6 @@ async def test_hub_serve_logs_json_and_says_which_services_it_uses() -> None:
     assert vhost in using
     assert env["HUB_REDIS_PREFIX"] in using
     assert "redis://127.0.0.1:6379" in using
+    socket_lines = [e for e in entries if e.get("conn_id") == connected["conn_id"]]
+    assert socket_lines, "expected lines logged for the socket, tagged with its conn_id"
+    assert any(e.get("user") == "log-user" and "4002" in e["message"] for e in socket_lines), socket_lines
