@@ -209,10 +209,15 @@ def _presence(args: argparse.Namespace) -> int:
         from redis.exceptions import RedisError
 
         from hub.presence_client import connections_many
+        from hub.tls import redis_ssl_options
 
         try:
             counts = connections_many(
-                users, url=settings.redis_url, prefix=settings.redis_prefix, timeout=settings.backend_timeout
+                users,
+                url=settings.redis_url,
+                prefix=settings.redis_prefix,
+                timeout=settings.backend_timeout,
+                tls=redis_ssl_options(settings),
             )
         except RedisError as exc:
             print(f"hub: Redis did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)

@@ -12,7 +12,8 @@ or your own values; the prefix defaults to the hub's default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -41,9 +42,15 @@ async def is_online_async(client: aioredis.Redis, user: str, prefix: str = DEFAU
 
 
 def connections_many(
-    users: Sequence[str], *, url: str, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT
+    users: Sequence[str],
+    *,
+    url: str,
+    prefix: str = DEFAULT_PREFIX,
+    timeout: float = DEFAULT_TIMEOUT,
+    tls: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Blocking: each user → live connections, read from the Redis at ``url``.
+    """Blocking: each user → live connections, read from the Redis at ``url`` (``tls``:
+    redis-py's ``ssl_*`` options for a ``rediss://`` URL, ``hub.tls.redis_ssl_options``).
 
     Raises InvalidTopic for an invalid user id, a ``redis.exceptions.RedisError`` when
     Redis refuses or takes more than ``timeout`` seconds to connect or answer.
@@ -52,7 +59,7 @@ def connections_many(
     if not checked:
         return {}
     base, replicas = presence_keys(prefix)
-    with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout) as client:
+    with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **(tls or {})) as client:
         counts = client.eval(COUNT_SCRIPT, 1, replicas, base, *checked)
     return {user: int(c) for user, c in zip(checked, counts, strict=True)}
 

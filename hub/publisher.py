@@ -51,8 +51,10 @@ class Publisher:
         redis_url: str | None = None,
         redis_prefix: str = DEFAULTS.redis_prefix,
         ssl_context: ssl.SSLContext | None = None,
+        redis_tls: Mapping[str, Any] | None = None,
     ) -> None:
         self._url = url
+        self._redis_tls = dict(redis_tls or {})  # redis-py ssl_* options for rediss:// (hub.tls)
         self._ssl_context = ssl_context  # for amqps:// (hub.tls.amqp_ssl_context); None: the system's CAs
         self._redis_url, self._redis_prefix = redis_url, redis_prefix  # for is_online / online_many
         self._redis: Any = None
@@ -96,7 +98,7 @@ class Publisher:
                 raise ValueError("expected Publisher(..., redis_url=HUB_REDIS_URL) for presence queries")
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.Redis.from_url(self._redis_url)
+            self._redis = aioredis.Redis.from_url(self._redis_url, **self._redis_tls)
         return await online_many_async(self._redis, self._redis_prefix, list(users))
 
     async def is_online(self, user: str) -> bool:
@@ -198,6 +200,7 @@ class BlockingPublisher:
         redis_url: str | None = None,
         redis_prefix: str = DEFAULTS.redis_prefix,
         ssl_context: ssl.SSLContext | None = None,
+        redis_tls: Mapping[str, Any] | None = None,
     ) -> None:
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
@@ -210,6 +213,7 @@ class BlockingPublisher:
             redis_url=redis_url,
             redis_prefix=redis_prefix,
             ssl_context=ssl_context,
+            redis_tls=redis_tls,
         )
         try:
             self._call(self._publisher.connect())
@@ -292,11 +296,12 @@ def _amqp_url(settings: Settings) -> str:
 
 
 def _keywords(settings: Settings) -> dict[str, Any]:
-    from hub.tls import amqp_ssl_context
+    from hub.tls import amqp_ssl_context, redis_ssl_options
 
     return {
         "exchange": settings.exchange,
         "redis_url": settings.redis_url,
         "redis_prefix": settings.redis_prefix,
         "ssl_context": amqp_ssl_context(settings),
+        "redis_tls": redis_ssl_options(settings),
     }

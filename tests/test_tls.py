@@ -31,6 +31,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from hub.publisher import Publisher
+from hub.settings import Settings
 from testkit.net import reachable
 from testkit.rabbit_node import RabbitNode, Tls, start_nodes
 from tests.definitions import DEFAULT_NAMES, with_passwords
@@ -177,6 +178,18 @@ async def test_a_hub_on_amqps_and_rediss_serving_wss_delivers(services: Services
             frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert frame["data"] == {"over": "tls"}
             assert frame["offset"]  # sequenced through rediss://
+            # the client side of presence over rediss://: `hub presence` and the helper
+            base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hub", "presence", "tls-user",
+                env={**base, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(cli.communicate(), 30)
+            assert cli.returncode == 0, err.decode()
+            assert json.loads(out)["users"]["tls-user"] == {"online": True, "connections": 1}
+            settings = Settings.from_env({**env, "HUB_AMQP_URL": services.amqps("publisher")}, serving=False)
+            async with Publisher.from_settings(settings) as helper:
+                assert await helper.is_online("tls-user")
         # the broker says both connections were TLS
         rows = services.rabbit.ctl("list_connections", "user", "ssl", "peer_cert_subject", "--no-table-headers")
         assert re.search(r"^hub\ttrue\tCN=hub-test-client$", rows, re.M), rows
