@@ -214,10 +214,21 @@ async def test_a_user_moving_to_the_other_site_is_told_to_refetch_and_is_never_m
             await publisher_a.publish("mover", {"n": n}, message_id=f"mover-{n}")
         seen_at_a = await at_a.notifications(3, timeout=30)
         await at_b_watch.notifications(3, timeout=30)
-        since = {topic: seen_at_a[-1]["offset"]}  # what a client of site A holds
-        await at_a.close()
         history_b = hub_b.node.backend.history
         assert history_b is not None
+        # Both sites' Redis streams share this machine's clock: an offset of A can, rarely,
+        # equal one of B's (same millisecond, same sequence), and is then taken for B's own
+        # (docs/operations.md §7). Publish until A's latest offset is not one of B's.
+        for extra in range(5):
+            b_offsets = {n.offset for n in (await history_b.read({topic: "0-0"}))[topic].notifications}
+            if seen_at_a[-1]["offset"] not in b_offsets:
+                break
+            await publisher_a.publish("mover", {"extra": extra}, message_id=f"mover-extra-{extra}")
+            seen_at_a += await at_a.notifications(1, timeout=30)
+            await at_b_watch.notifications(1, timeout=30)
+        since = {topic: seen_at_a[-1]["offset"]}  # what a client of site A holds
+        assert since[topic] not in b_offsets
+        await at_a.close()
         b_latest = (await history_b.latest([topic]))[topic]
 
         # the move: the client reconnects at site B with site A's offset
