@@ -11,12 +11,10 @@ vhost are deleted at the end of the module.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -25,21 +23,13 @@ import aiormq
 import pytest
 
 from hub.publisher import Publisher
+from tests.definitions import DEFAULT_NAMES, shipped
 from tests.distributed_env import AMQP_HOST, AMQP_PORT, REDIS_URL, drop_redis_keys
 from tests.harness import run_hub, wait_for
 from tests.services import missing
 
 pytestmark = pytest.mark.distributed
 
-DEFINITIONS = Path(__file__).parent.parent / "docker" / "rabbitmq-definitions.json"
-#: The hub's own names, as in the definitions file (a test vhost of its own needs no prefixes).
-DEFAULT_NAMES = {
-    "HUB_EXCHANGE": "notifications",
-    "HUB_LIVE_EXCHANGE": "notifications.live",
-    "HUB_INGEST_QUEUE": "hub.ingest",
-    "HUB_DEAD_LETTER": "hub.dead",
-    "HUB_PRESENCE_EXCHANGE": "hub.presence",
-}
 #: A live frame with an offset far ahead: on the live exchange it would mute the socket.
 FORGED = b'{"type":"notification","id":"x","topic":"user.8","offset":"9999999999999-0","ts":1,"data":"forged"}'
 
@@ -55,8 +45,7 @@ def rabbitmqctl(*args: str) -> str:
 
 def shipped_permissions() -> dict[str, dict[str, str]]:
     """User → its configure/write/read patterns, as docker/rabbitmq-definitions.json grants them."""
-    definitions = json.loads(DEFINITIONS.read_text())
-    return {p["user"]: p for p in definitions["permissions"]}
+    return {p["user"]: p for p in shipped()["permissions"]}
 
 
 @dataclass(frozen=True)

@@ -147,21 +147,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 
 @pytest.fixture
-async def prefix(services: Services) -> AsyncIterator[str]:
-    value = f"hubtest:tls:{uuid.uuid4().hex[:8]}:"
-    yield value
-    client_options = {
-        "ssl_ca_certs": str(services.pki.ca),
-        "ssl_certfile": str(services.pki.client_cert),
-        "ssl_keyfile": str(services.pki.client_key),
-    }
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(services.rediss, **client_options)
-    async with client:
-        keys = [key async for key in client.scan_iter(match=value + "*")]
-        if keys:
-            await client.delete(*keys)
+def prefix() -> str:
+    """A key prefix per test (the module's redis-server is private: it goes with its keys)."""
+    return f"hubtest:tls:{uuid.uuid4().hex[:8]}:"
 
 
 async def test_a_hub_on_amqps_and_rediss_serving_wss_delivers(services: Services, prefix: str) -> None:
