@@ -10,6 +10,7 @@ import pytest
 
 from hub.codes import CloseCode
 from hub.notification import Notification
+from hub.topics import Offset
 from hub.protocol import (
     JSON,
     MSGPACK,
@@ -35,7 +36,7 @@ def wire(codec: Codec, frame: Any) -> str | bytes:
 class TestClientFrames:
     def test_connect_with_since(self, codec: Codec) -> None:
         frame = parse_client_frame(codec, wire(codec, {"type": "connect", "token": "t", "since": {"user.1": "5-0"}}))
-        assert frame == Connect(token="t", since={"user.1": "5-0"})
+        assert frame == Connect(token="t", since={"user.1": Offset(5, 0)})
 
     def test_connect_without_since(self, codec: Codec) -> None:
         assert parse_client_frame(codec, wire(codec, {"type": "connect", "token": "t"})) == Connect("t", {})
@@ -131,7 +132,7 @@ def test_notification_frame_is_encoded_once_per_codec(codec: Codec) -> None:
         "ts": 7,
         "data": {"text": "hé"},
     }
-    assert n.key == (5, 1)
+    assert n.position == Offset(5, 1)
 
 
 def test_notification_without_offset_has_no_offset_field() -> None:
