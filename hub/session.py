@@ -6,22 +6,21 @@ decides and does no I/O of its own: frames go in and out through its ``Transport
 (hub/cursor.py), and what it needs of the replica is the narrow ``Host`` below (the
 ``Node`` is one; neither module imports the other).
 
-Once open, the connection's own task pumps live notifications from the subscription
-into the transport: it goes on reading the subscription while a slow client's writes
-wait, so a socket that falls behind is noticed at once. A reader task takes client
-frames (rate limit, token refresh) and a timer handle does pings, the silence watchdog
-and the token's expiry. Whatever ends the connection goes through one path: a
-``Disconnect`` raised anywhere (or ``close`` called), answered in ``run`` with an
-``error`` frame and the close code.
+Once open, the connection's own task pumps live notifications into the transport
+(``Delivery``, hub/delivery.py), a reader task takes client frames (``pong``,
+``refresh``), and ``Liveness`` (hub/liveness.py) keeps time: pings, the silence
+watchdog, the token's expiry, the frame rate. Whatever ends the connection goes through
+one path: a ``Disconnect`` raised anywhere (or ``close`` called), answered in ``run``
+with an ``error`` frame and the close code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import secrets
-import time
 from typing import NoReturn
 
 from hub.auth import Claims, TokenError
@@ -30,6 +29,7 @@ from hub.codes import CloseCode
 from hub.delivery import Delivery, TooSlow
 from hub.host import Host
 from hub.lease import BackendTimeout, acquire, release
+from hub.liveness import Liveness
 from hub.protocol import (
     PING_FRAME,
     ClientFrame,
@@ -75,28 +75,6 @@ class Disconnect(Exception):
         self.message = message
 
 
-class RateLimiter:
-    """A token bucket: ``rate`` frames per second with a burst of ``2 * rate``."""
-
-    __slots__ = ("_allowance", "_burst", "_last", "_rate")
-
-    def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._burst = 2 * rate
-        self._allowance = self._burst
-        self._last = time.monotonic()
-
-    def allow(self) -> bool:
-        """Take one token; False when the bucket is empty."""
-        now = time.monotonic()
-        self._allowance = min(self._burst, self._allowance + (now - self._last) * self._rate)
-        self._last = now
-        if self._allowance < 1:
-            return False
-        self._allowance -= 1
-        return True
-
-
 class Session:
     """Serves one accepted-for-upgrade WebSocket; ``run`` returns when it is closed and forgotten.
 
@@ -107,19 +85,16 @@ class Session:
 
     __slots__ = (
         "_conn",
-        "_limiter",
         "_main",
         "_stop",
         "_subprotocol",
         "_subscription",
-        "_timer",
         "claims",
         "codec",
         "conn_id",
         "delivery",
         "host",
-        "last_heard",
-        "next_ping",
+        "liveness",
         "state",
         "transport",
     )
@@ -134,12 +109,12 @@ class Session:
         self.conn_id = secrets.token_hex(8)
         self.state = State.NEW
         self.claims: Claims | None = None
-        self.last_heard = time.monotonic()
-        self.next_ping = 0.0
-        self._limiter = RateLimiter(settings.max_frame_rate)
+        ping = functools.partial(transport.ping, codec.encode(PING_FRAME))
+        self.liveness = Liveness(
+            interval=settings.ping_interval, rate=settings.max_frame_rate, ping=ping, close=self.close
+        )
         self._stop: Disconnect | None = None
         self._main: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._conn: Connection | None = None
         self._subscription: Subscription | None = None
 
@@ -282,8 +257,8 @@ class Session:
             raise self._stop
         reader = asyncio.get_running_loop().create_task(self._reader())
         reader.add_done_callback(self._reader_done)
-        self.next_ping = time.monotonic() + self.host.settings.ping_interval
-        self._arm_timer()
+        assert self.claims is not None
+        self.liveness.start(self.claims.exp)
         try:
             await self.delivery.pump(subscription)
         except asyncio.CancelledError:
@@ -293,8 +268,7 @@ class Session:
             ending = self._ending(error)
             self.close(ending.code, ending.message)  # from this task: no self-cancel
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            self.liveness.stop()
             reader.cancel()
             await asyncio.wait((reader,))
         assert self._stop is not None
@@ -327,9 +301,7 @@ class Session:
                 CloseCode.FORBIDDEN, f"the refreshed token no longer grants {revoked[0]!r}; reconnect with it"
             )
         self.claims = Claims(current.user, current.topics, claims.exp)
-        if self._timer is not None:
-            self._timer.cancel()
-        self._arm_timer()
+        self.liveness.renew(claims.exp)
 
     def _reader_done(self, reader: asyncio.Task[None]) -> None:
         if reader.cancelled():
@@ -341,39 +313,12 @@ class Session:
 
     async def _next_frame(self) -> ClientFrame:
         data = await self.transport.receive()
-        self.last_heard = time.monotonic()
-        if not self._limiter.allow():
+        if not self.liveness.heard():
             raise Disconnect(CloseCode.LIMIT, f"more than {self.host.settings.max_frame_rate:g} frames per second")
         try:
             return parse_client_frame(self.codec, data)
         except ProtocolError as exc:
             raise Disconnect(exc.code, str(exc)) from None
-
-    # -------------------------------------------------------------- the timer
-
-    def _arm_timer(self) -> None:
-        """Schedule the next check: a ping, the silence watchdog or the token's expiry."""
-        assert self.claims is not None
-        until_expiry = self.claims.exp - time.time()
-        wait = min(self.next_ping - time.monotonic(), until_expiry)
-        self._timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._on_timer)
-
-    def _on_timer(self) -> None:
-        assert self.claims is not None
-        if self._stop is not None:
-            return
-        now = time.monotonic()
-        interval = self.host.settings.ping_interval
-        if self.claims.exp - time.time() <= 0:
-            self.close(CloseCode.TOKEN_EXPIRED, "the token expired; send 'refresh' before 'exp'")
-            return
-        if now >= self.next_ping:
-            if now - self.last_heard > 2 * interval:
-                self.close(CloseCode.GOING_AWAY, f"heard nothing for {2 * interval:g} s")
-                return
-            self.next_ping = now + interval
-            self.transport.ping(self.codec.encode(PING_FRAME))
-        self._arm_timer()
 
     async def _close(self, code: CloseCode, message: str) -> None:
         self.host.metrics.closes.labels(code=str(int(code))).inc()
