@@ -38,7 +38,17 @@ class TooSlow(Exception):
 class Delivery:
     """What one connection is sent of its topics' notifications."""
 
-    __slots__ = ("_codec", "_history", "_metrics", "_received", "_settings", "_transport", "cursor")
+    __slots__ = (
+        "_codec",
+        "_history",
+        "_metrics",
+        "_on_written",
+        "_settings",
+        "_subscription",
+        "_transport",
+        "_unacked",
+        "cursor",
+    )
 
     def __init__(
         self, transport: Transport, codec: Codec, history: History | None, settings: Settings, metrics: Metrics
@@ -48,7 +58,9 @@ class Delivery:
         self._history = history
         self._settings = settings
         self._metrics = metrics
-        self._received = 0  # live batches taken from the subscription
+        self._subscription: Subscription | None = None
+        self._unacked: list[Notification] = []  # queued since the subscription was last acked
+        self._on_written = self._written  # bound once, not once per batch
         self.cursor = Cursor()
 
     async def recover(self, topics: Sequence[str], since: Mapping[str, Offset], greeting: Greeting) -> None:
@@ -65,7 +77,7 @@ class Delivery:
             self._metrics.reconnects.inc()
         history = self._history
         if history is None:
-            self._transport.write([greeting(not since, {})])
+            await self._transport.write([greeting(not since, {})])
             await self._transport.flush()
             return
         async with _history_deadline(self._settings.backend_timeout):
@@ -73,7 +85,7 @@ class Delivery:
             start = self.cursor.start(topics, since, {t: Offset.parse(o) for t, o in latest.items()})
             reads = await history.read(start.read_after) if start.read_after else {}
         replay = self.cursor.replay(reads)
-        self._transport.write([greeting(start.recovered(reads), self.cursor.positions()), *self._encode(replay)])
+        await self._transport.write([greeting(start.recovered(reads), self.cursor.positions()), *self._encode(replay)])
         await self._transport.flush()  # live notifications queue behind the replay, not beside it
         self._metrics.replayed.inc(len(replay))
 
@@ -81,10 +93,12 @@ class Delivery:
         """Move live notifications to the transport until something stops it (raised).
 
         Raises TooSlow, BackendTimeout (a back-fill that history did not answer) or
-        PeerGone. Each batch is acked once it (and every batch taken before) is written.
+        PeerGone. What was taken is acked once it (and everything taken before) is written.
         """
+        self._subscription = subscription
         transport = self._transport
         bound = self._settings.socket_queue_size
+        admit = self.cursor.admit
         while True:
             try:
                 batch = await subscription.receive()
@@ -93,25 +107,29 @@ class Delivery:
             except SubscriptionGap:
                 await self._backfill()
                 continue
-            self._received += 1
-            fresh = self.cursor.admit_all(batch)
-            frames = self._encode(fresh)
+            frames: list[Wire] = []
+            for notification in batch:
+                if admit(notification.topic, notification.position):
+                    wire = self._frame(notification)
+                    if wire is not None:
+                        frames.append(wire)
+                        self._unacked.append(notification)
             if transport.backlog + len(frames) > bound:
                 raise self._too_slow(f"more than {bound} notifications waiting for one socket")
-            transport.write(frames, self._on_written(subscription, fresh, self._received))
+            await transport.write(frames, self._on_written)
 
-    def _on_written(self, subscription: Subscription, sent: list[Notification], batch: int) -> Callable[[], None]:
-        metrics = self._metrics
-
-        def written() -> None:
-            now = now_ms()
-            for notification in sent:
-                metrics.delivery_latency.observe(max(0, now - notification.ts) / 1000)
-            metrics.notifications_out.inc(len(sent))
-            if batch == self._received:  # every batch taken is written: ack them all
-                subscription.ack()
-
-        return written
+    def _written(self) -> None:
+        """After a batch's frames: once nothing taken is still unsent, count it all and ack it all."""
+        if self._transport.backlog:
+            return  # a later batch is queued: its own callback comes after it
+        sent, self._unacked = self._unacked, []
+        now = now_ms()
+        observe = self._metrics.delivery_latency.observe
+        for notification in sent:
+            observe(max(0, now - notification.ts) / 1000)
+        self._metrics.notifications_out.inc(len(sent))
+        if self._subscription is not None:
+            self._subscription.ack()
 
     def _too_slow(self, detail: str) -> TooSlow:
         self._metrics.overflows.inc()
@@ -126,22 +144,23 @@ class Delivery:
         async with _history_deadline(self._settings.backend_timeout):
             reads = await history.read(self.cursor.positions())
         fresh = self.cursor.replay(reads)
-        self._transport.write(self._encode(fresh))
+        await self._transport.write(self._encode(fresh))
         await self._transport.flush()
         self._metrics.notifications_out.inc(len(fresh))
 
     def _encode(self, notifications: Iterable[Notification]) -> list[Wire]:
-        """Each notification's frame. One that cannot be encoded is skipped and counted, never
-        a close: every replay of it would close the socket again."""
-        codec = self._codec
-        frames: list[Wire] = []
-        for notification in notifications:
-            try:
-                frames.append(notification.frame(codec))
-            except (ValueError, TypeError, OverflowError) as exc:  # e.g. an int past 64 bits in msgpack
-                log.error("notification %s cannot be sent as %s: %s", notification.id, codec.name, exc)
-                self._metrics.errors.labels(where="encode").inc()
-        return frames
+        """The frames of ``notifications`` that can be encoded (``_frame``)."""
+        return [wire for wire in map(self._frame, notifications) if wire is not None]
+
+    def _frame(self, notification: Notification) -> Wire | None:
+        """The notification's frame; None (logged and counted) when it cannot be encoded: that
+        is never a close, since every replay of it would close the socket again."""
+        try:
+            return notification.frame(self._codec)
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. an int past 64 bits in msgpack
+            log.error("notification %s cannot be sent as %s: %s", notification.id, self._codec.name, exc)
+            self._metrics.errors.labels(where="encode").inc()
+            return None
 
 
 @contextlib.asynccontextmanager

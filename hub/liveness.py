@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from hub.codes import CloseCode
+from hub.protocol import Wire
 
 
 class Liveness:
@@ -35,16 +36,24 @@ class Liveness:
         "_last_heard",
         "_next_ping",
         "_ping",
+        "_ping_frame",
         "_rate",
         "_timer",
     )
 
     def __init__(
-        self, *, interval: float, rate: float, ping: Callable[[], None], close: Callable[[CloseCode, str], None]
+        self,
+        *,
+        interval: float,
+        rate: float,
+        ping: Callable[[Wire], None],
+        ping_frame: Wire,
+        close: Callable[[CloseCode, str], None],
     ) -> None:
         self._interval = interval
         self._rate = rate
         self._ping = ping
+        self._ping_frame = ping_frame
         self._close = close
         self._allowance = 2 * rate
         self._last_frame = self._last_heard = time.monotonic()
@@ -97,5 +106,5 @@ class Liveness:
                 self._close(CloseCode.GOING_AWAY, f"heard nothing for {2 * self._interval:g} s")
                 return
             self._next_ping = now + self._interval
-            self._ping()
+            self._ping(self._ping_frame)
         self._arm()

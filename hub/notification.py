@@ -39,10 +39,18 @@ class Notification:
         return position
 
     def frame(self, codec: Codec) -> Wire:
-        """The ``notification`` frame in ``codec``'s encoding (cached)."""
+        """The ``notification`` frame in ``codec``'s encoding (cached).
+
+        Raises ValueError (or TypeError, OverflowError) when the data cannot be sent in
+        that encoding: NaN, a lone surrogate (no UTF-8 for it), an integer msgpack cannot
+        hold. Checked here, once, rather than failing at every socket's send.
+        """
         wire = self._frames.get(codec.name)
         if wire is None:
-            wire = self._frames[codec.name] = codec.encode(self.as_frame())
+            wire = codec.encode(self.as_frame())
+            if isinstance(wire, str) and not wire.isascii():
+                wire.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
+            self._frames[codec.name] = wire
         return wire
 
     def as_frame(self) -> dict[str, Any]:

@@ -29,7 +29,9 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     A client that stops reading would otherwise keep its connection forever: asyncio's
     graceful close waits for the write buffer to drain. So (hub/transport.py):
     ``{"type": "hub.abort"}`` resets the connection at once, and a close the client
-    does not answer within ``close_timeout`` resets it too.
+    does not answer within ``close_timeout`` resets it too. And a send marked
+    ``"hub.nowait"`` raises BlockingIOError instead of waiting while the write buffer is
+    full, so the hub only ever waits on a client in a task made for it.
     """
 
     #: Seconds the client has to answer the hub's close frame (``build_server`` sets it).
@@ -43,6 +45,8 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "hub.abort":
             self.abort()
             return
+        if "hub.nowait" in message and not self.writable.is_set():
+            raise BlockingIOError("the socket's write buffer is full")
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             self.response = None  # type: ignore[assignment]

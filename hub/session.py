@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 import secrets
 from typing import NoReturn
@@ -31,6 +30,7 @@ from hub.host import Host
 from hub.lease import BackendTimeout, acquire, release
 from hub.liveness import Liveness
 from hub.protocol import (
+    CODECS,
     PING_FRAME,
     ClientFrame,
     Codec,
@@ -47,6 +47,8 @@ from hub.transport import PeerGone, Receive, Scope, Send, Transport
 __all__ = ["Disconnect", "Host", "Receive", "Scope", "Send", "Session", "State"]
 
 log = logging.getLogger("hub.session")
+
+_PINGS = {name: codec.encode(PING_FRAME) for name, codec in CODECS.items()}  # shared by every session
 
 
 class State(enum.Enum):
@@ -109,9 +111,12 @@ class Session:
         self.conn_id = secrets.token_hex(8)
         self.state = State.NEW
         self.claims: Claims | None = None
-        ping = functools.partial(transport.ping, codec.encode(PING_FRAME))
         self.liveness = Liveness(
-            interval=settings.ping_interval, rate=settings.max_frame_rate, ping=ping, close=self.close
+            interval=settings.ping_interval,
+            rate=settings.max_frame_rate,
+            ping=transport.ping,
+            ping_frame=_PINGS[codec.name],
+            close=self.close,
         )
         self._stop: Disconnect | None = None
         self._main: asyncio.Task[None] | None = None
@@ -145,33 +150,28 @@ class Session:
             self._set_state(State.CLOSED)
             return
         self._set_state(State.AUTHENTICATING)
-        try:
-            outcome = await self._lifetime()
+        host, metrics = self.host, self.host.metrics
+        try:  # one coroutine frame for the whole life: idle sockets are many (no helper frames)
+            try:
+                subscription = await self._open()
+                metrics.connects.inc()
+                metrics.connections.inc()
+                try:
+                    host.register(self)
+                    await self._serve(subscription)  # returns only by raising
+                finally:
+                    host.unregister(self)
+                    metrics.connections.dec()
+            except Exception as error:
+                outcome = self._ending(error)
+            finally:
+                self._set_state(State.CLOSED)
+                subscription_, conn, self._subscription, self._conn = self._subscription, self._conn, None, None
+                await release(host.backend, subscription_, conn, host.settings.backend_timeout)
             if outcome.code is not None:
                 await self._close(outcome.code, outcome.message)
         finally:
             await self.transport.discard()
-
-    async def _lifetime(self) -> Disconnect:
-        """Everything between the upgrade and the close frame; returns why it ended."""
-        host = self.host
-        metrics = host.metrics
-        try:
-            subscription = await self._open()
-            metrics.connects.inc()
-            metrics.connections.inc()
-            try:
-                host.register(self)
-                await self._serve(subscription)  # returns only by raising
-            finally:
-                host.unregister(self)
-                metrics.connections.dec()
-        except Exception as error:
-            return self._ending(error)
-        finally:
-            self._set_state(State.CLOSED)
-            subscription_, conn, self._subscription, self._conn = self._subscription, self._conn, None, None
-            await release(host.backend, subscription_, conn, host.settings.backend_timeout)
 
     def _ending(self, error: BaseException) -> Disconnect:
         """The close an error ends the session with: the one place where one becomes a code."""
@@ -217,7 +217,7 @@ class Session:
         timeout = self.host.settings.auth_timeout
         try:
             async with asyncio.timeout(timeout):
-                frame = await self._next_frame()
+                frame = self._parse(await self.transport.receive())
         except TimeoutError:
             raise Disconnect(CloseCode.BAD_TOKEN, f"expected a connect frame within {timeout:g} s") from None
         if not isinstance(frame, Connect):
@@ -282,7 +282,7 @@ class Session:
 
     async def _reader(self) -> None:
         while True:
-            frame = await self._next_frame()
+            frame = self._parse(await self.transport.receive())
             if isinstance(frame, Pong):
                 continue
             if isinstance(frame, Connect):
@@ -311,8 +311,8 @@ class Session:
             ending = self._ending(error)
             self.close(ending.code, ending.message)
 
-    async def _next_frame(self) -> ClientFrame:
-        data = await self.transport.receive()
+    def _parse(self, data: Wire) -> ClientFrame:
+        """A client frame, within the frame rate (4008) and the protocol (4002 and the like)."""
         if not self.liveness.heard():
             raise Disconnect(CloseCode.LIMIT, f"more than {self.host.settings.max_frame_rate:g} frames per second")
         try:

@@ -15,7 +15,8 @@ class Recorder:
         self.pings = 0
         self.closes: list[tuple[CloseCode, str]] = []
 
-    def ping(self) -> None:
+    def ping(self, frame: str | bytes) -> None:
+        assert frame == "ping"
         self.pings += 1
 
     def close(self, code: CloseCode, message: str) -> None:
@@ -23,7 +24,7 @@ class Recorder:
 
 
 def liveness(recorder: Recorder, interval: float = 0.05, rate: float = 10.0) -> Liveness:
-    return Liveness(interval=interval, rate=rate, ping=recorder.ping, close=recorder.close)
+    return Liveness(interval=interval, rate=rate, ping=recorder.ping, ping_frame="ping", close=recorder.close)
 
 
 async def test_pings_every_interval_while_the_client_talks() -> None:

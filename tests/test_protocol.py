@@ -203,3 +203,14 @@ def test_json_dumps_is_the_strict_encoder() -> None:
     assert json_dumps is dumps_json
     with pytest.raises(ValueError, match="JSON compliant"):
         json_dumps({"x": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("data", "codec"),
+    [("\ud800", JSON), (float("nan"), JSON), (2**70, MSGPACK)],
+    ids=["lone-surrogate-json", "nan-json", "int-past-64-bits-msgpack"],
+)
+def test_a_notification_that_cannot_be_sent_fails_at_encoding(data: object, codec: Codec) -> None:
+    n = Notification(id="a", topic="user.1", offset="5-1", ts=7, data=data)
+    with pytest.raises((ValueError, OverflowError)):
+        n.frame(codec)

@@ -50,6 +50,8 @@ class Peer:
         if message == ABORT:
             self.aborted += 1
             return
+        if message.pop("hub.nowait", False) and not self.open.is_set():
+            raise BlockingIOError("held")  # as the hub's server does: never wait on a nowait send
         await self.open.wait()
         if self.broken:
             raise ConnectionResetError("peer reset")
@@ -69,13 +71,27 @@ def writers() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if "_write_all" in repr(t.get_coro())]
 
 
-async def test_frames_are_written_in_order_and_the_writer_ends_when_idle() -> None:
+async def test_a_socket_that_takes_frames_at_once_is_written_without_a_task() -> None:
+    peer = Peer()
+    done: list[list[str]] = []
+    transport = Transport(peer.receive, peer.send, send_timeout=5)
+    await transport.write(["a", "b"], lambda: done.append(peer.texts()))
+    assert peer.texts() == ["a", "b"]  # sent before write returned
+    assert done == [["a", "b"]]
+    assert writers() == []  # no writer task was needed
+    assert all("hub.nowait" not in m for m in peer.sent)  # (the peer took the mark off)
+
+
+async def test_frames_a_full_socket_cannot_take_are_queued_in_order() -> None:
     peer = Peer()
     done: list[int] = []
     transport = Transport(peer.receive, peer.send, send_timeout=5)
-    transport.write(["a", "b"], lambda: done.append(transport.backlog))
-    transport.write(["c"])
+    peer.hold()
+    await transport.write(["a", "b"], lambda: done.append(transport.backlog))
+    await transport.write(["c"])  # behind the queued ones, never before them
     assert transport.backlog == 3
+    assert len(writers()) == 1
+    peer.release()
     await transport.flush()
     assert peer.texts() == ["a", "b", "c"]
     assert done == [1]  # the callback ran after a and b, before c
@@ -87,7 +103,7 @@ async def test_pings_do_not_pile_up_behind_a_stuck_write() -> None:
     peer = Peer()
     transport = Transport(peer.receive, peer.send, send_timeout=5)
     peer.hold()
-    transport.write(["frame"])
+    await transport.write(["frame"])
     for _ in range(10):
         transport.ping("ping")
         await asyncio.sleep(0)
@@ -105,7 +121,7 @@ async def test_a_write_past_its_deadline_aborts_the_connection() -> None:
     lost: list[bool] = []
     transport = Transport(peer.receive, peer.send, send_timeout=0.2, on_lost=lambda: lost.append(True))
     peer.hold()
-    transport.write(["never taken"])
+    await transport.write(["never taken"])
     with pytest.raises(PeerGone, match=r"within 0\.2 s"):
         await transport.flush()
     assert peer.aborted == 1
@@ -113,7 +129,7 @@ async def test_a_write_past_its_deadline_aborts_the_connection() -> None:
     assert transport.lost
     assert writers() == []
     with pytest.raises(PeerGone):
-        transport.write(["more"])
+        await transport.write(["more"])
     transport.ping("ping")  # ignored: nothing is written to a lost peer
     await transport.close(1013, "too slow", "farewell")  # returns at once, quietly
     assert peer.sent == []
@@ -124,7 +140,7 @@ async def test_close_drops_what_is_queued_and_goes_after_the_write_in_flight() -
     transport = Transport(peer.receive, peer.send, send_timeout=5)
     acked: list[bool] = []
     peer.hold()
-    transport.write(["in flight", "queued 1", "queued 2"], lambda: acked.append(True))
+    await transport.write(["in flight", "queued 1", "queued 2"], lambda: acked.append(True))
     await asyncio.sleep(0.05)  # the writer holds "in flight"
     closing = asyncio.create_task(transport.close(1013, "too slow", "farewell"))
     await asyncio.sleep(0.05)
@@ -142,7 +158,7 @@ async def test_a_close_to_a_client_that_never_takes_it_is_aborted() -> None:
     peer = Peer()
     transport = Transport(peer.receive, peer.send, send_timeout=0.2)
     peer.hold()
-    transport.write(["stuck"])
+    await transport.write(["stuck"])
     await transport.close(1001, "heard nothing", "farewell")
     assert peer.aborted == 1
     assert transport.lost
@@ -155,20 +171,31 @@ async def test_a_broken_socket_is_peer_gone_without_abort() -> None:
     lost: list[bool] = []
     transport = Transport(peer.receive, peer.send, send_timeout=5, on_lost=lambda: lost.append(True))
     peer.broken = True
-    transport.write(["x"])
     with pytest.raises(PeerGone, match="ConnectionResetError"):
-        await transport.flush()
+        await transport.write(["x"])  # found at once
     assert lost == [True]
+    peer.hold()
+    other = Transport(peer.receive, peer.send, send_timeout=5)
+    await other.write(["y"])  # queued: found by the writer task
+    peer.release()
+    with pytest.raises(PeerGone, match="ConnectionResetError"):
+        await other.flush()
     assert peer.aborted == 0
 
 
 async def test_a_frame_the_server_cannot_encode_aborts_instead_of_killing_the_writer() -> None:
     peer = Peer()
     transport = Transport(peer.receive, peer.send, send_timeout=5)
-    transport.write(["\ud800"])
-    with pytest.raises(PeerGone, match="writer failed"):
-        await transport.flush()
+    with pytest.raises(PeerGone, match="send failed"):
+        await transport.write(["\ud800"])
     assert peer.aborted == 1
+    peer.hold()
+    other = Transport(peer.receive, peer.send, send_timeout=5)
+    await other.write(["\ud800"])
+    peer.release()
+    with pytest.raises(PeerGone, match="send failed"):
+        await other.flush()
+    assert peer.aborted == 2
     assert writers() == []
 
 
@@ -188,7 +215,7 @@ async def test_discard_stops_a_stuck_writer() -> None:
     peer = Peer()
     transport = Transport(peer.receive, peer.send, send_timeout=60)
     peer.hold()
-    transport.write(["stuck", "more"])
+    await transport.write(["stuck", "more"])
     await asyncio.sleep(0.01)
     assert len(writers()) == 1
     await transport.discard()
