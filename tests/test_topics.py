@@ -1,4 +1,4 @@
-"""Ids, topics and offsets (DESIGN.md §2, §5): wildcards never pass."""
+"""Ids, topics and offsets (docs/protocol.md §2, §5): wildcards never pass."""
 
 from __future__ import annotations
 
