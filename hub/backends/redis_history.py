@@ -190,6 +190,9 @@ class RedisHistory:
         for topic, (exists, max_deleted, entries, last, is_entry) in zip(topics, results, strict=True):
             key = parse_offset(after[topic])
             deleted, newest = parse_offset(max_deleted.decode()), parse_offset(last.decode())
+            # An idle stream's key expires and a later publish starts a new one: an offset
+            # older than the age horizon may be one of the old stream's (see _complete).
+            deleted = max(deleted, (horizon, 0))
             if not issued_here(key, last=newest, max_deleted=deleted, is_entry=bool(is_entry), now=now):
                 reads[topic] = HistoryRead([], complete=False, latest=last.decode())  # another site's offset
                 continue
