@@ -28,7 +28,7 @@ from hub.backends.redis_client import deadline
 from hub.notification import Notification, now_ms
 from hub.payload import BadPayload, loads_json, loads_msgpack
 from hub.protocol import json_dumps
-from hub.topics import ZERO_OFFSET, parse_offset
+from hub.topics import ZERO_OFFSET, Offset, parse_offset
 
 log = logging.getLogger("hub.history")
 
@@ -189,10 +189,10 @@ class RedisHistory:
         now = now_ms()
         for topic, (exists, max_deleted, entries, last, is_entry) in zip(topics, results, strict=True):
             key = parse_offset(after[topic])
-            deleted, newest = parse_offset(max_deleted.decode()), parse_offset(last.decode())
             # An idle stream's key expires and a later publish starts a new one: an offset
             # older than the age horizon may be one of the old stream's (see _complete).
-            deleted = max(deleted, (horizon, 0))
+            deleted = max(parse_offset(max_deleted.decode()), Offset(horizon, 0))
+            newest = parse_offset(last.decode())
             if not issued_here(key, last=newest, max_deleted=deleted, is_entry=bool(is_entry), now=now):
                 reads[topic] = HistoryRead([], complete=False, latest=last.decode())  # another site's offset
                 continue
