@@ -73,9 +73,9 @@ class Transport:
     """One WebSocket, seen through ASGI ``receive`` and ``send``.
 
     ``receive`` is for one reader at a time; everything sent goes through ``accept``,
-    ``write``, ``ping`` and ``close``. ``on_lost`` is called once, from the writer, when
-    a send finds the peer gone (the session then ends: its reader may be waiting
-    forever on a client that stopped talking).
+    ``write``, ``ping`` and ``close``. ``on_lost`` is called once, when a send finds the
+    peer gone (the session then ends: its reader may be waiting forever on a client
+    that stopped talking).
     """
 
     __slots__ = (
