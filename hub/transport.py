@@ -279,6 +279,7 @@ class Transport:
         except asyncio.CancelledError:
             if not self._overdue:
                 raise  # discard(): the session is done with this transport
+            self._overdue = False
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self._abort()
             self._lose(PeerGone(f"a send did not finish within {self.send_timeout:g} s: connection aborted"))
