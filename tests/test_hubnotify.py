@@ -376,3 +376,53 @@ async def test_a_stalled_broker_is_a_timeout_not_a_hang() -> None:
         proxy.restore()
         await publisher.publish(1, "flowing again")  # the same connection, once the broker answers
         await publisher.close()
+
+
+# ------------------------------------------------------------------ the README's Python, as written
+
+
+def readme_python(marker: str) -> str:
+    """The README's ```python block containing ``marker``."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S) if marker in b]
+    assert len(blocks) == 1, f"expected one Python block with {marker!r} in README.md, found {len(blocks)}"
+    return blocks[0]
+
+
+async def test_the_readme_token_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUB_JWT_SECRET", SECRET)
+    recipe: dict[str, Any] = {}
+    exec(readme_python("mint_token"), recipe)
+    async with run_hub("memory") as hub:
+        client = await hub.connect(token=recipe["hub_token"](42))  # an integer id, as most apps have
+        assert (client.connected["user"], client.connected["topics"]) == ("42", ["user.42"])
+        team = await hub.connect(token=recipe["hub_token"]("u-9", ["team.7"]))
+        assert (team.connected["user"], team.connected["topics"]) == ("u-9", ["user.u-9", "team.7"])
+        await client.close()
+        await team.close()
+
+
+@pytest.mark.distributed
+async def test_the_readme_publishing_example() -> None:
+    """Run in its own interpreter with only the AMQP_URL line pointed at a fresh vhost."""
+    example = readme_python("BlockingPublisher")
+    url_line = re.compile(r'^AMQP_URL = "amqp://[^"]*"', re.M)
+    assert url_line.search(example), example
+    async with (
+        fresh_vhost("readme") as url,
+        environment() as env,
+        run_hub("distributed", env={**env, **default_names(url)}) as hub,
+    ):
+        client = await hub.connect("42")
+        script = url_line.sub(f"AMQP_URL = {url!r}", example)
+        script += "\nimport asyncio\nprint(asyncio.run(notify(42, 'from asyncio')))\npublisher.close()\n"
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stderr == ""
+        frames = await client.notifications(2)
+        assert [(n["id"], n["data"]) for n in frames] == [
+            ("order-1234-shipped", {"text": "Your order shipped"}),
+            (result.stdout.strip(), {"text": "from asyncio"}),
+        ]
+        await client.close()
