@@ -8,6 +8,7 @@ works as before (the helper reads the ``Settings`` fields it needs, without impo
 
 from __future__ import annotations
 
-from hubnotify.publisher import BlockingPublisher, Publisher
+from hubnotify.blocking import BlockingPublisher
+from hubnotify.publisher import Publisher
 
 __all__ = ["BlockingPublisher", "Publisher"]

@@ -133,7 +133,7 @@ def test_the_hub_uses_the_helpers_one_copy() -> None:
 
     # the old import paths keep working: they are the same objects
     assert hub.publisher.Publisher is hubnotify.publisher.Publisher
-    assert hub.publisher.BlockingPublisher is hubnotify.publisher.BlockingPublisher
+    assert hub.publisher.BlockingPublisher is hubnotify.BlockingPublisher
     assert hub.presence_client.online_many is hubnotify.presence.online_many
     assert hub.backends.presence_scripts.COUNT_SCRIPT is hubnotify.presence.COUNT_SCRIPT
     assert hub.backends.presence_scripts.count_users is hubnotify.presence.count_users

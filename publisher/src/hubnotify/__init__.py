@@ -1,7 +1,7 @@
 """Publish to a notification hub from Python (distribution ``notification-hub-publisher``).
 
 - ``Publisher`` / ``BlockingPublisher``: confirmed AMQP publishing to the hub's exchange
-  (``hubnotify.publisher``);
+  (``hubnotify.publisher``, ``hubnotify.blocking``);
 - ``mint_token``: the JWT your backend gives its logged-in user's browser (``hubnotify.tokens``);
 - presence: ``Publisher.is_online`` / ``online_many``, and ``hubnotify.presence`` for
   async and blocking queries without a publisher (the ``presence`` extra: redis-py);
@@ -15,8 +15,9 @@ package; this package never imports the hub. The protocol: docs/protocol.md.
 
 from __future__ import annotations
 
+from hubnotify.blocking import BlockingPublisher
 from hubnotify.payload import BadPayload
-from hubnotify.publisher import BlockingPublisher, Publisher
+from hubnotify.publisher import Publisher
 from hubnotify.tokens import mint_token
 from hubnotify.topics import InvalidTopic
 

@@ -2,14 +2,11 @@
 
 ``Publisher`` is the async helper: one robust connection, publisher confirms, persistent
 messages, a message id on every message (so a retried publish is de-duplicated by the
-hub's sequencer). ``BlockingPublisher`` is its twin for sync code (Django, Flask,
-scripts): it runs a ``Publisher`` on an event loop in a background thread.
+hub's sequencer). ``BlockingPublisher`` (``hubnotify.blocking``) is its twin for sync
+code (Django, Flask, scripts).
 
     async with Publisher("amqp://guest:guest@localhost/") as pub:
         await pub.publish(42, {"text": "hello"})
-
-    with BlockingPublisher("amqp://guest:guest@localhost/") as pub:
-        pub.publish(42, {"text": "hello"})
 
 ``connect`` declares the exchange (topic, durable: as the hub does), so the first publish
 on a fresh RabbitMQ succeeds. A notification only goes somewhere once a hub has started
@@ -22,10 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
 import aio_pika
 import aiormq
@@ -35,12 +31,8 @@ from hubnotify.message import EXCHANGE, build_message, declare_exchange
 from hubnotify.presence import DEFAULT_PREFIX, import_redis, online_many_async
 from hubnotify.topics import InvalidTopic, as_user_id, user_topic, validate_topic
 
-T = TypeVar("T")
-
 #: Seconds ``connect`` and each publish (until confirmed) may take by default.
 DEFAULT_TIMEOUT: Final = 30.0
-#: Seconds ``BlockingPublisher`` waits past ``timeout`` before it cancels a call itself.
-_BACKSTOP_GRACE: Final = 5.0
 
 
 class PublisherSettings(Protocol):
@@ -91,13 +83,14 @@ class Publisher:
         self._redis: Any = None
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._connecting = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: PublisherSettings, *, persistent: bool = True) -> Publisher:
         """A publisher for the hub's configuration (``hub.settings.Settings.from_env(serving=False)``):
         its RabbitMQ and exchange, presence queries on its Redis when ``HUB_REDIS_URL`` is set,
         ``HUB_BACKEND_TIMEOUT`` as the deadline. Raises ValueError without an AMQP URL."""
-        return cls(_amqp_url(settings), **_keywords(settings), persistent=persistent)
+        return cls(amqp_url(settings), **keywords(settings), persistent=persistent)
 
     async def connect(self) -> None:
         """Connect, declare the exchange and open a confirming channel; idempotent.
@@ -108,20 +101,20 @@ class Publisher:
         the declare) uses the exchange as a hub declared it; if none has, the broker's
         NOT_FOUND is raised.
         """
-        if self._connection is not None:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = None if self._timeout is None else loop.time() + self._timeout
-        # aio-pika's own connect timeout, not a cancellation: a cancelled connect_robust
-        # schedules a reconnection of the connection it was making.
-        connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
-        try:
-            async with asyncio.timeout_at(deadline):
-                exchange = await _open_exchange(connection, self._exchange_name)
-        except BaseException:
-            await _close_quietly(connection)
-            raise
-        self._connection, self._exchange = connection, exchange
+        async with self._connecting:  # two tasks connecting at once share one connection
+            if self._connection is not None:
+                return
+            deadline = None if self._timeout is None else asyncio.get_running_loop().time() + self._timeout
+            # aio-pika's own connect timeout, not a cancellation: a cancelled connect_robust
+            # schedules a reconnection of the connection it was making.
+            connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    exchange = await _open_exchange(connection, self._exchange_name)
+            except BaseException:
+                await _close_quietly(connection)
+                raise
+            self._connection, self._exchange = connection, exchange
 
     async def close(self) -> None:
         """Close the connection (and the Redis client); idempotent."""
@@ -228,124 +221,15 @@ async def _close_quietly(connection: AbstractRobustConnection) -> None:
         await connection.close()
 
 
-class BlockingPublisher:
-    """``Publisher`` for sync code: calls block until the broker confirmed.
-
-    A daemon thread runs the event loop; the instance is safe to share between threads.
-    Each call ends within ``timeout`` seconds (then TimeoutError, see ``Publisher``). Call ``close`` (or use ``with``) to stop the connection and the thread; a
-    constructor that fails (RabbitMQ unreachable) stops them itself.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        exchange: str = EXCHANGE,
-        persistent: bool = True,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        redis_url: str | None = None,
-        redis_prefix: str = DEFAULT_PREFIX,
-    ) -> None:
-        self._timeout = timeout
-        self._publisher = Publisher(
-            url,
-            exchange=exchange,
-            persistent=persistent,
-            timeout=timeout,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-        )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="hubnotify-publisher", daemon=True)
-        self._thread.start()
-        try:
-            self._call(self._publisher.connect())
-        except BaseException:
-            self._stop()
-            raise
-
-    @classmethod
-    def from_settings(
-        cls, settings: PublisherSettings, *, persistent: bool = True, timeout: float | None = None
-    ) -> BlockingPublisher:
-        """See ``Publisher.from_settings``; ``timeout`` defaults to ``HUB_BACKEND_TIMEOUT``."""
-        keywords = _keywords(settings)
-        if timeout is not None:
-            keywords["timeout"] = timeout
-        return cls(_amqp_url(settings), **keywords, persistent=persistent)
-
-    def publish(self, user: str | int, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
-        """See ``Publisher.publish``."""
-        return self._call(self._publisher.publish(user, data, message_id=message_id, ttl=ttl))
-
-    def publish_topic(self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
-        """See ``Publisher.publish_topic``."""
-        return self._call(self._publisher.publish_topic(topic, data, message_id=message_id, ttl=ttl))
-
-    def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
-        """See ``Publisher.publish_many``."""
-        return self._call(self._publisher.publish_many(list(items)))
-
-    def online_many(self, users: Iterable[str | int]) -> dict[str, bool]:
-        """See ``Publisher.online_many``."""
-        return self._call(self._publisher.online_many(list(users)))
-
-    def is_online(self, user: str | int) -> bool:
-        """See ``Publisher.is_online``."""
-        return self._call(self._publisher.is_online(user))
-
-    def close(self) -> None:
-        """Close the connection and stop the thread; idempotent."""
-        if self._thread.is_alive():
-            try:
-                self._call(self._publisher.close())
-            finally:
-                self._stop()
-
-    def __enter__(self) -> BlockingPublisher:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the thread's loop and wait for it. The ``Publisher``'s own
-        deadlines end it first (and clean up after themselves); this wait is the backstop."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result(None if self._timeout is None else self._timeout + _BACKSTOP_GRACE)
-        except TimeoutError:
-            future.cancel()  # the coroutine stops too, instead of running on unobserved
-            raise
-
-    def _run(self) -> None:
-        """The thread: the loop until ``_stop``, then what ``asyncio.run`` does on the way out
-        (cancel what is left, e.g. aio-pika's callbacks, and wait for it), so nothing is
-        left to run on a closed loop."""
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-            leftovers = asyncio.all_tasks(loop)
-            for task in leftovers:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-
-    def _stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(self._timeout)
-
-
-def _amqp_url(settings: PublisherSettings) -> str:
+def amqp_url(settings: PublisherSettings) -> str:
+    """``settings.amqp_url``, or ValueError naming HUB_AMQP_URL."""
     if not settings.amqp_url:
         raise ValueError("publishing over AMQP needs HUB_AMQP_URL (settings.amqp_url)")
     return settings.amqp_url
 
 
-def _keywords(settings: PublisherSettings) -> dict[str, Any]:
+def keywords(settings: PublisherSettings) -> dict[str, Any]:
+    """The keyword arguments of a publisher for ``settings``, the URL aside."""
     return {
         "exchange": settings.exchange,
         "redis_url": settings.redis_url,
