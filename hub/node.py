@@ -1,22 +1,25 @@
-"""The node: one replica's backend, authenticator, metrics and open sessions."""
+"""The node: one replica's backend, authenticator, metrics and open sessions.
+
+A session (hub/session.py) sees the node only through the narrow ``Host`` protocol, and
+the node sees a session only as something ``Closable`` (both in hub/host.py): neither
+module imports the other.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hub.auth import Authenticator
 from hub.backends import create_backend
 from hub.backends.base import Backend, Receipt
 from hub.codes import CloseCode
+from hub.host import Closable
 from hub.metrics import Metrics
 from hub.settings import Settings
 from hub.topics import validate_topic
-
-if TYPE_CHECKING:
-    from hub.session import Session
 
 log = logging.getLogger("hub.node")
 
@@ -30,7 +33,7 @@ class Node:
         self.auth = Authenticator(settings)
         self.metrics = Metrics()
         self.metrics.watch_backend(self.backend.stats)
-        self.sessions: set[Session] = set()
+        self.sessions: set[Closable] = set()
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
         self.draining = False
@@ -82,7 +85,7 @@ class Node:
                     await asyncio.sleep(step)
         await self._wait_sessions_gone(5.0)
 
-    def register(self, session: Session) -> None:
+    def register(self, session: Closable) -> None:
         """Count an open session (it will be closed by ``drain`` and ``close``).
 
         A session that finished its handshake after the drain started (it was
@@ -93,7 +96,7 @@ class Node:
         if self.draining:
             session.close(CloseCode.SERVICE_RESTART, "replica restarting: reconnect elsewhere")
 
-    def unregister(self, session: Session) -> None:
+    def unregister(self, session: Closable) -> None:
         """Forget a closed session; idempotent."""
         self.sessions.discard(session)
         if not self.sessions:

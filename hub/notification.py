@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from hub.protocol import Codec, Wire
-from hub.topics import parse_offset
+from hub.topics import Offset
 
 
 class Notification:
@@ -15,10 +15,11 @@ class Notification:
 
     ``offset`` is the topic's stream position (``<ms>-<seq>``), or None when history is
     off. The encoded ``notification`` frame is cached per codec, so fanning one
-    notification out to many sockets encodes it once per codec, not once per socket.
+    notification out to many sockets encodes it once per codec, not once per socket
+    (and its ``position`` is parsed once, not once per socket).
     """
 
-    __slots__ = ("_frames", "_key", "data", "id", "offset", "topic", "ts")
+    __slots__ = ("_frames", "_position", "data", "id", "offset", "topic", "ts")
 
     def __init__(self, *, id: str, topic: str, offset: str | None, ts: int, data: Any) -> None:
         self.id = id
@@ -27,21 +28,29 @@ class Notification:
         self.ts = ts
         self.data = data
         self._frames: dict[str, Wire] = {}
-        self._key: tuple[int, int] | None = None
+        self._position: Offset | None = None
 
     @property
-    def key(self) -> tuple[int, int]:
-        """The offset as two numbers for ordering; ``(0, 0)`` when there is no offset."""
-        key = self._key
-        if key is None:
-            key = self._key = parse_offset(self.offset) if self.offset is not None else (0, 0)
-        return key
+    def position(self) -> Offset | None:
+        """``offset`` parsed (cached); None when history is off."""
+        position = self._position
+        if position is None and self.offset is not None:
+            position = self._position = Offset.parse(self.offset)
+        return position
 
     def frame(self, codec: Codec) -> Wire:
-        """The ``notification`` frame in ``codec``'s encoding (cached)."""
+        """The ``notification`` frame in ``codec``'s encoding (cached).
+
+        Raises ValueError (or TypeError, OverflowError) when the data cannot be sent in
+        that encoding: NaN, a lone surrogate (no UTF-8 for it), an integer msgpack cannot
+        hold. Checked here, once, rather than failing at every socket's send.
+        """
         wire = self._frames.get(codec.name)
         if wire is None:
-            wire = self._frames[codec.name] = codec.encode(self.as_frame())
+            wire = codec.encode(self.as_frame())
+            if isinstance(wire, str) and not wire.isascii():
+                wire.encode()  # UnicodeEncodeError (a ValueError) for a lone surrogate
+            self._frames[codec.name] = wire
         return wire
 
     def as_frame(self) -> dict[str, Any]:

@@ -2,19 +2,21 @@
 
 Bytes or text in, typed frames out; typed frames in, bytes or text out. Nothing here
 touches a socket or an event loop, so every malformed case is testable directly
-(the approach of python-websockets' sans-I/O core).
+(the approach of python-websockets' sans-I/O core). Client frames are parsed strictly
+by hub/payload.py (bounded nesting, no NaN, no lone surrogates): whatever a client
+sends is answered with a close code (docs/protocol.md §3, §8), never an exception.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
 
 from hub.codes import CloseCode
-from hub.topics import InvalidTopic, parse_offset, validate_topic
+from hub.payload import BadPayload, dumps_json, loads_json, loads_msgpack
+from hub.topics import InvalidTopic, Offset, validate_topic
 
 JSON_SUBPROTOCOL: Final = "hub.v1.json"
 MSGPACK_SUBPROTOCOL: Final = "hub.v1.msgpack"
@@ -25,8 +27,8 @@ MAX_SINCE_TOPICS: Final = 64
 
 Wire = str | bytes
 
-#: Compact UTF-8 JSON, the form of every JSON frame and stored JSON payload.
-json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: Compact UTF-8 JSON (``hub.payload.dumps_json``), kept under this name for importers.
+json_dumps = dumps_json
 
 
 class ProtocolError(Exception):
@@ -62,14 +64,14 @@ class JsonCodec(Codec):
     binary = False
 
     def encode(self, frame: dict[str, Any]) -> Wire:
-        return json_dumps(frame)
+        return dumps_json(frame)
 
     def decode(self, data: Wire) -> dict[str, Any]:
         if not isinstance(data, str):
             raise ProtocolError("expected a text frame on hub.v1.json, got a binary frame")
         try:
-            value = json.loads(data)
-        except ValueError as exc:
+            value = loads_json(data)
+        except BadPayload as exc:
             raise ProtocolError(f"expected a JSON object, got unreadable JSON ({exc})") from None
         return _as_map(value)
 
@@ -87,8 +89,8 @@ class MsgpackCodec(Codec):
         if not isinstance(data, bytes):
             raise ProtocolError("expected a binary frame on hub.v1.msgpack, got a text frame")
         try:
-            value = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises several unrelated types
+            value = loads_msgpack(data)
+        except BadPayload as exc:
             raise ProtocolError(f"expected a msgpack map, got unreadable msgpack ({exc})") from None
         return _as_map(value)
 
@@ -127,7 +129,7 @@ class Connect:
     """First frame of every connection."""
 
     token: str
-    since: dict[str, str] = field(default_factory=dict)
+    since: dict[str, Offset] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,21 +169,20 @@ def _token(frame: dict[str, Any]) -> str:
     return token
 
 
-def _since(value: object) -> dict[str, str]:
+def _since(value: object) -> dict[str, Offset]:
+    """Each topic's offset, parsed (ASCII digits, parts below 2^64, §8); a bad one is 4002."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ProtocolError(f"expected 'since' to be a map of topic to offset, got {type(value).__name__}")
     if len(value) > MAX_SINCE_TOPICS:
         raise ProtocolError(f"expected at most {MAX_SINCE_TOPICS} topics in 'since', got {len(value)}")
-    since: dict[str, str] = {}
+    since: dict[str, Offset] = {}
     for topic, offset in value.items():
         try:
-            validate_topic(topic)
-            parse_offset(offset)
+            since[validate_topic(topic)] = Offset.parse(offset)
         except InvalidTopic as exc:
             raise ProtocolError(f"bad 'since' entry: {exc}") from None
-        since[topic] = offset
     return since
 
 

@@ -1,4 +1,4 @@
-"""Every close code of protocol v1 (DESIGN.md §3) with its reason, on every backend."""
+"""Every close code of protocol v1 (docs/protocol.md §3) with its reason, on every backend."""
 
 from __future__ import annotations
 

@@ -1,10 +1,19 @@
-"""Ids, topics and offsets (DESIGN.md §2, §5): wildcards never pass."""
+"""Ids, topics and offsets (docs/protocol.md §2, §5): wildcards never pass."""
 
 from __future__ import annotations
 
 import pytest
 
-from hub.topics import InvalidTopic, parse_offset, topic_user, user_topic, validate_topic, validate_user_id
+from hub.topics import (
+    InvalidTopic,
+    Offset,
+    format_offset,
+    parse_offset,
+    topic_user,
+    user_topic,
+    validate_topic,
+    validate_user_id,
+)
 
 
 @pytest.mark.parametrize("user", ["42", "a", "A-b_9", "x" * 128])
@@ -39,6 +48,11 @@ def test_topic_user_of_other_topics() -> None:
 def test_offsets_order_by_both_numbers() -> None:
     assert parse_offset("10-0") > parse_offset("9-99")
     assert parse_offset("10-10") > parse_offset("10-9")
-    for bad in ["", "1", "1-", "-1", "a-b", "1-2-3", " 1-2"]:
+    for bad in ["", "1", "1-", "-1", "a-b", "1-2-3", " 1-2", "\u0661-\u0662", f"{2**64}-0"]:
         with pytest.raises(InvalidTopic):
             parse_offset(bad)
+
+
+def test_offset_functions_are_the_offset_type() -> None:
+    assert parse_offset("5-1") == Offset(5, 1)
+    assert format_offset(5, 1) == str(Offset(5, 1)) == "5-1"

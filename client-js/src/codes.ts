@@ -1,5 +1,5 @@
 /**
- * WebSocket close codes of protocol v1 (DESIGN.md §3).
+ * WebSocket close codes of protocol v1 (docs/protocol.md §3).
  *
  * This is the twin of the server's `hub/codes.py`: change one only together
  * with the other.

@@ -1,4 +1,4 @@
-/** Frames of WebSocket protocol v1 (DESIGN.md §3). Every frame is one map with a `type`. */
+/** Frames of WebSocket protocol v1 (docs/protocol.md §3). Every frame is one map with a `type`. */
 
 /** `connect`: must be the first frame the client sends. */
 export interface ConnectFrame {

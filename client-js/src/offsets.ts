@@ -1,5 +1,5 @@
 /**
- * Offsets are strings `<milliseconds>-<sequence>` (DESIGN.md §5). They are
+ * Offsets are strings `<milliseconds>-<sequence>` (docs/protocol.md §5). They are
  * ordered by comparing both numbers as integers; apart from that order the
  * client treats them as opaque.
  */

@@ -1,4 +1,4 @@
-"""History over Redis streams: one stream per topic, the entry id is the offset (DESIGN.md §5).
+"""History over Redis streams: one stream per topic, the entry id is the offset (docs/protocol.md §5).
 
 Layout under ``prefix`` (``settings.redis_prefix``):
 
