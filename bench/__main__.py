@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     res["meta"]["loadavg_after"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stamp}.json").write_text(json.dumps(res, indent=1, default=str))
-    pngs = report.plots(res, args.out, stem=stamp)
+    try:
+        pngs = report.plots(res, args.out, stem=stamp)
+    except ImportError as exc:  # matplotlib is only for the plots: the figures stand without them
+        print(f"[bench] no plots ({exc}); `pip install matplotlib` for them", file=sys.stderr)
+        pngs = []
     md = report.markdown(res, pngs)
     (args.out / f"{stamp}.md").write_text(md)
     shutil.copyfile(args.out / f"{stamp}.md", args.out / "latest.md")

@@ -13,7 +13,6 @@ A token is hostile input: whatever it holds, ``verify`` returns claims or raises
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from hub.codes import CloseCode
 from hub.settings import ConfigError, Settings
 from hub.topics import InvalidTopic, user_topic, validate_topic, validate_user_id
+from hubnotify.tokens import mint_token
 
 MAX_GRANTED_TOPICS = 32
 #: Expiries past this (year 2286) are taken as "never": a float can hold them all.
@@ -118,22 +118,18 @@ class Authenticator:
     def mint(self, user: str, *, ttl: float = 3600, topics: list[str] | None = None) -> str:
         """Sign an HS256 token with the configured secret (for development and tests).
 
-        It carries the configured audience and issuer, so this hub accepts it. Raises
-        TokenError without a secret, InvalidTopic for a bad user id or topic.
+        ``hubnotify.mint_token``, with this hub's secret, audience and issuer, so this hub
+        accepts it. Raises TokenError without a secret, InvalidTopic for a bad user id or
+        topic, ValueError for a ttl that is not a positive number.
         """
         if not self._secret:
             raise TokenError(
                 "minting needs HUB_JWT_SECRET (HS256); with only HUB_JWT_PUBLIC_KEY, "
                 "tokens are signed by whoever holds the private key"
             )
-        claims: dict[str, object] = {"sub": validate_user_id(user), "exp": int(time.time() + ttl)}
-        if topics:
-            claims["topics"] = [validate_topic(t) for t in topics]
-        if self._audience:
-            claims["aud"] = self._audience
-        if self._issuer:
-            claims["iss"] = self._issuer
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        return mint_token(
+            user, secret=self._secret, ttl=ttl, topics=topics, audience=self._audience, issuer=self._issuer
+        )
 
 
 def _topics(user: str, granted: object) -> tuple[str, ...]:

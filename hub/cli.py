@@ -163,7 +163,7 @@ def _publish(args: argparse.Namespace) -> int:
     if settings.amqp_url and not args.url:  # the AMQP path (docs/protocol.md §4): confirmed, like any backend service
         from aiormq.exceptions import AMQPError
 
-        from hub.publisher import BlockingPublisher
+        from hubnotify import BlockingPublisher
 
         try:
             with BlockingPublisher.from_settings(settings) as publisher:
@@ -208,8 +208,8 @@ def _presence(args: argparse.Namespace) -> int:
     if settings.redis_url and not args.url:  # straight from Redis, the same truth as the API (docs/protocol.md §6)
         from redis.exceptions import RedisError
 
-        from hub.presence_client import connections_many
         from hub.tls import redis_ssl_options
+        from hubnotify.presence import connections_many
 
         try:
             counts = connections_many(

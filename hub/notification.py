@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from hub.protocol import Codec, Wire
 from hub.topics import Offset
+
+# The publish helper's (one definition: it makes the ids and ts of what it publishes), re-exported.
+from hubnotify.message import new_id as new_id
+from hubnotify.message import now_ms as now_ms
 
 
 class Notification:
@@ -64,13 +66,3 @@ class Notification:
 
     def __repr__(self) -> str:
         return f"Notification(id={self.id!r}, topic={self.topic!r}, offset={self.offset!r})"
-
-
-def new_id() -> str:
-    """A fresh notification id for a message published without one."""
-    return uuid.uuid4().hex
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds, the unit of ``ts`` and of offsets."""
-    return time.time_ns() // 1_000_000

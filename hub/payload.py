@@ -1,18 +1,11 @@
 """Payload values from outside, parsed strictly (docs/protocol.md §4, §8).
 
-Everything a publisher or a client sends is hostile until checked here. A value the
-hub accepts can be encoded to JSON text that every ``JSON.parse`` reads back, and to
-msgpack, without an exception on any later hop:
-
-- no ``NaN``, ``Infinity`` or ``-Infinity`` (``JSON.parse`` throws on them);
-- no lone surrogates in strings or keys (``"\\ud800"``: not encodable as UTF-8, so a
-  socket write would fail for every socket of the user);
-- map keys are strings (JSON cannot carry others);
-- integers within msgpack's range (-2**63 to 2**64-1);
-- nesting at most ``MAX_DEPTH`` deep (recursive encoders and decoders overflow the
-  stack on deep input; real notifications are a few levels deep);
-- only JSON types: maps, lists, strings, numbers, booleans, null (msgpack ``bin``
-  and extension types are refused).
+Everything a publisher or a client sends is hostile until checked here. What a value the
+hub accepts may be (no ``NaN``, no lone surrogates, string keys, integers msgpack can
+carry, at most ``MAX_DEPTH`` deep, only JSON types) is ``check``, defined once in the
+publish helper (``hubnotify.payload``: publishers check before they send) and re-exported
+here with ``BadPayload``, ``dumps_json`` and the bounds. This module adds the strict
+decoders: msgpack ``bin`` and extension types are refused too.
 
 ``loads_json`` and ``loads_msgpack`` raise ``BadPayload`` with what was expected and
 what came; nothing else escapes them. ``dumps_json`` is the one compact JSON encoder.
@@ -21,22 +14,13 @@ what came; nothing else escapes them. ``dumps_json`` is the one compact JSON enc
 from __future__ import annotations
 
 import json
-import math
-from typing import Any, Final
+from typing import Any
 
 import msgpack
 
-MAX_DEPTH: Final = 32
-#: The integers msgpack can encode (a msgpack socket could not be sent a larger one).
-MIN_INT: Final = -(2**63)
-MAX_INT: Final = 2**64 - 1
+from hubnotify.payload import MAX_DEPTH, MAX_INT, MIN_INT, BadPayload, check, dumps_json
 
-#: Compact UTF-8 JSON, the form of every JSON frame and stored JSON payload.
-dumps_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-class BadPayload(ValueError):
-    """A payload the hub refuses; the message says what was expected and what came."""
+__all__ = ["MAX_DEPTH", "MAX_INT", "MIN_INT", "BadPayload", "check", "dumps_json", "loads_json", "loads_msgpack"]
 
 
 def _no_constant(name: str) -> Any:
@@ -77,51 +61,3 @@ def loads_msgpack(data: bytes) -> Any:
         raise BadPayload(f"expected msgpack, got unreadable msgpack ({type(exc).__name__}: {exc})") from None
     check(value)
     return value
-
-
-def check(value: Any) -> None:
-    """Raise BadPayload unless ``value`` is a JSON value within the rules of this module.
-
-    Iterative (no recursion), so a value built deeper than the stack allows is refused,
-    not crashed on.
-    """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        item, depth = pop()
-        kind = type(item)
-        if kind is str:
-            _check_text(item)
-        elif kind is int:
-            if not MIN_INT <= item <= MAX_INT:
-                raise BadPayload(f"expected integers msgpack can carry (-2**63 to 2**64-1), got {item}")
-        elif item is None or kind is bool:
-            continue
-        elif kind is float:
-            if not math.isfinite(item):
-                raise BadPayload(f"expected finite numbers, got {item!r}")
-        elif kind is dict or kind is list:
-            if depth > MAX_DEPTH:
-                raise BadPayload(f"expected values nested at most {MAX_DEPTH} deep")
-            if kind is dict:
-                for key, child in item.items():
-                    if type(key) is not str:
-                        raise BadPayload(f"expected string map keys, got {type(key).__name__}")
-                    _check_text(key)
-                    push((child, depth + 1))
-            else:
-                for child in item:
-                    push((child, depth + 1))
-        elif kind is tuple:  # msgpack never yields tuples; Python callers might pass one
-            push((list(item), depth))
-        else:
-            raise BadPayload(f"expected a JSON value, got {kind.__name__}")
-
-
-def _check_text(text: str) -> None:
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadPayload("expected text without lone surrogates (\\ud800-\\udfff)") from None

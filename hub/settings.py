@@ -18,6 +18,8 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.topics import InvalidTopic, validate_topic
+from hubnotify.message import EXCHANGE
+from hubnotify.presence import DEFAULT_PREFIX
 
 DEV_JWT_SECRET = "dev-insecure-secret-change-me-before-production"
 DEV_API_KEY = "dev-insecure-api-key"
@@ -105,14 +107,14 @@ class Settings:
         "`0`: a classic queue (priorities ignored). Fixed when the queue is created (docs/operations.md §5)",
     )
     delivery_limit: int = _setting(5, "deliveries of one ingest message before it is dead-lettered")
-    exchange: str = _setting("notifications", "the publishers' topic exchange")
+    exchange: str = _setting(EXCHANGE, "the publishers' topic exchange")
     live_exchange: str = _setting("notifications.live", "the sequenced-notifications exchange the sockets bind on")
     ingest_queue: str = _setting("hub.ingest", "the sequencer's durable queue")
     dead_letter: str = _setting("hub.dead", "exchange and queue for unreadable messages")
     presence_exchange: str = _setting(
         "hub.presence", "topic exchange of `presence.online.<id>` / `presence.offline.<id>` events"
     )
-    redis_prefix: str = _setting("hub:", "prefix of every Redis key")
+    redis_prefix: str = _setting(DEFAULT_PREFIX, "prefix of every Redis key")
     demo: bool | None = _setting(
         None, "serve `/demo/` and its token/publish helpers (default: on only with development credentials)"
     )

@@ -2,7 +2,9 @@
 
 Every id, topic and offset that enters the hub passes through here, so a wildcard
 (``*``, ``#``) or an empty segment can never reach a queue binding, and an offset is
-parsed and formatted in exactly one place (``Offset``).
+parsed and formatted in exactly one place (``Offset``). Ids and topics are defined once,
+in the publish helper (``hubnotify.topics``: publishers check them before they send),
+and re-exported here; offsets are the hub's own.
 """
 
 from __future__ import annotations
@@ -10,51 +12,17 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Ids and topics: the publish helper's (one definition), re-exported.
+from hubnotify.topics import MAX_TOPIC_SEGMENTS as MAX_TOPIC_SEGMENTS
+from hubnotify.topics import USER_PREFIX as USER_PREFIX
+from hubnotify.topics import InvalidTopic as InvalidTopic
+from hubnotify.topics import topic_user as topic_user
+from hubnotify.topics import user_topic as user_topic
+from hubnotify.topics import validate_topic as validate_topic
+from hubnotify.topics import validate_user_id as validate_user_id
+
 # ASCII digits only: ``\d`` would also take Unicode digits (Arabic-Indic, Devanagari, ...), which ``int`` reads.
 _OFFSET = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-
-USER_PREFIX = "user."
-MAX_TOPIC_SEGMENTS = 8
-
-
-class InvalidTopic(ValueError):
-    """A user id, topic or offset that the hub refuses."""
-
-
-def validate_user_id(user: object) -> str:
-    """Return ``user`` if it is a valid user id (``[A-Za-z0-9_-]{1,128}``), else raise InvalidTopic."""
-    if not isinstance(user, str) or not _SEGMENT.fullmatch(user):
-        raise InvalidTopic(f"expected a user id matching [A-Za-z0-9_-]{{1,128}}, got {user!r:.80}")
-    return user
-
-
-def validate_topic(topic: object) -> str:
-    """Return ``topic`` if each of its dot-separated segments is valid, else raise InvalidTopic.
-
-    A topic has 1 to ``MAX_TOPIC_SEGMENTS`` segments, each ``[A-Za-z0-9_-]{1,128}``.
-    """
-    if not isinstance(topic, str):
-        raise InvalidTopic(f"expected a topic string, got {type(topic).__name__}")
-    segments = topic.split(".")
-    if len(segments) > MAX_TOPIC_SEGMENTS or not all(_SEGMENT.fullmatch(s) for s in segments):
-        raise InvalidTopic(
-            f"expected a topic of 1-{MAX_TOPIC_SEGMENTS} segments matching [A-Za-z0-9_-]{{1,128}} "
-            f"joined by '.', got {topic!r:.80}"
-        )
-    return topic
-
-
-def user_topic(user: str) -> str:
-    """The personal topic of ``user`` (validated): ``user.<id>``."""
-    return USER_PREFIX + validate_user_id(user)
-
-
-def topic_user(topic: str) -> str | None:
-    """The user id of a personal topic ``user.<id>``, or None for any other topic."""
-    if topic.startswith(USER_PREFIX) and topic.count(".") == 1:
-        return topic[len(USER_PREFIX) :]
-    return None
 
 
 #: Each part of an offset is an unsigned 64-bit number, as in a Redis stream id.

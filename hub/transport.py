@@ -73,9 +73,9 @@ class Transport:
     """One WebSocket, seen through ASGI ``receive`` and ``send``.
 
     ``receive`` is for one reader at a time; everything sent goes through ``accept``,
-    ``write``, ``ping`` and ``close``. ``on_lost`` is called once, from the writer, when
-    a send finds the peer gone (the session then ends: its reader may be waiting
-    forever on a client that stopped talking).
+    ``write``, ``ping`` and ``close``. ``on_lost`` is called once, when a send finds the
+    peer gone (the session then ends: its reader may be waiting forever on a client
+    that stopped talking).
     """
 
     __slots__ = (
@@ -124,9 +124,11 @@ class Transport:
 
     async def accept(self, subprotocol: str | None) -> None:
         """Complete the upgrade (HTTP 101) within ``send_timeout``; raises PeerGone."""
-        self._outbox.append(_Control(message={"type": "websocket.accept", "subprotocol": subprotocol}))
-        self._start_writer()
-        await self.flush()
+        message: Message = {"type": "websocket.accept", "subprotocol": subprotocol}
+        if not await self._send_now(message):
+            self._outbox.append(_Control(message=message))
+            self._start_writer()
+            await self.flush()
 
     async def receive(self) -> Wire:
         """The next frame from the client (text or bytes); raises PeerGone when it is gone."""
@@ -167,24 +169,30 @@ class Transport:
         self._writer = asyncio.current_task()  # the writer for now: a ping meanwhile waits its turn
         try:
             for sent, wire in enumerate(frames):
-                message = _message(wire)
-                message["hub.nowait"] = True
-                try:
-                    await self._send(message)
-                except BlockingIOError:  # the socket's buffer is full: the writer task waits for it
+                if not await self._send_now(_message(wire)):
                     return frames[sent:], then
-                except OSError as exc:
-                    gone = _broken(exc)
-                    self._lose(gone)
-                    raise gone from None
-                except Exception:  # as in the writer task: a bug, or a frame the server cannot encode
-                    gone = await self._fail()
-                    raise gone from None
         finally:
             self._writer = None
         if then is not None:
             then()
         return (), None
+
+    async def _send_now(self, message: Message) -> bool:
+        """Send ``message`` if the socket takes it at once; False when it would have to wait."""
+        message["hub.nowait"] = True
+        try:
+            await self._send(message)
+        except BlockingIOError:  # the socket's buffer is full: the writer task waits for it
+            message.pop("hub.nowait", None)  # queued for the writer task, which may wait
+            return False
+        except OSError as exc:
+            gone = _broken(exc)
+            self._lose(gone)
+            raise gone from None
+        except Exception:  # as in the writer task: a bug, or a frame the server cannot encode
+            gone = await self._fail()
+            raise gone from None
+        return True
 
     def ping(self, frame: Wire) -> None:
         """Queue a ping unless one is already waiting to be sent (no pile-up)."""
@@ -271,6 +279,7 @@ class Transport:
         except asyncio.CancelledError:
             if not self._overdue:
                 raise  # discard(): the session is done with this transport
+            self._overdue = False
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self._abort()
             self._lose(PeerGone(f"a send did not finish within {self.send_timeout:g} s: connection aborted"))

@@ -1,9 +1,10 @@
 """Everything that crosses AMQP, built and parsed in one place (docs/protocol.md §4-§6).
 
-- In: a publisher's message (``build_message`` makes one, ``read_publish`` reads any),
-  its ``ts`` header (``parse_ts``) and body (``decode_body``: JSON, msgpack or text,
-  strictly, with ``hub.payload``), and the checks every publish path shares
-  (``validate_message_id``, ``validate_ttl``).
+- In: a publisher's message (``read_publish`` reads any), its ``ts`` header
+  (``parse_ts``) and body (``decode_body``: JSON, msgpack or text, strictly, with
+  ``hub.payload``). Python publishers build theirs with ``build_message``, and every
+  publish path checks ids and ttls with ``validate_message_id`` / ``validate_ttl``:
+  those are the publish helper's (``hubnotify.message``), re-exported here.
 - Out: the live message (``json_frame``, ``LIVE_PROPERTIES``; ``parse_live`` reads it
   back), the presence event (``presence_event``) and the dead letter
   (``dead_letter_properties``).
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -31,30 +31,33 @@ from pamqp.common import FieldTable
 from hub.amqp_decode import MAX_DEPTH as MAX_HEADER_DEPTH
 from hub.amqp_decode import MAX_FIELDS as MAX_HEADER_FIELDS
 from hub.amqp_decode import problems
-from hub.notification import Notification, new_id, now_ms
+from hub.notification import Notification, new_id
 from hub.payload import BadPayload, check, dumps_json, loads_json, loads_msgpack
 from hub.protocol import JSON, Codec, Wire
 from hub.topics import InvalidTopic, parse_offset, validate_topic
 
-#: AMQP short strings (``message_id``) hold at most 255 bytes.
-MAX_ID_BYTES: Final = 255
-#: The longest ``ttl`` a publish may ask for: a week. Longer is refused, never clamped.
-MAX_TTL_SECONDS: Final = 7 * 86_400
-#: Priorities a publish may carry (AMQP ``priority``): 0 (default) to 9 (most urgent).
-MAX_PRIORITY: Final = 9
+# The publish helper's message (one definition, hubnotify.message), re-exported.
+from hubnotify.message import JSON_TYPE as JSON_TYPE
+from hubnotify.message import MAX_ID_BYTES as MAX_ID_BYTES
+from hubnotify.message import MAX_PRIORITY as MAX_PRIORITY
+from hubnotify.message import MAX_TTL_SECONDS as MAX_TTL_SECONDS
+from hubnotify.message import TS_HEADER as TS_HEADER
+from hubnotify.message import build_message as build_message
+from hubnotify.message import validate_message_id as validate_message_id
+from hubnotify.message import validate_priority as validate_priority
+from hubnotify.message import validate_ttl as validate_ttl
+
 #: The largest body the hub takes, as over HTTP (hub/app.py): a notification, not a file.
 MAX_BODY_BYTES: Final = 1_048_576
 #: ``ts`` headers outside [2000-01-01, now + a day] are replaced by the time of arrival.
 MIN_TS: Final = 946_684_800_000
 MAX_TS_AHEAD_MS: Final = 86_400_000
 
-TS_HEADER: Final = "ts"
 REASON_HEADER: Final = "x-hub-reason"
 ROUTING_KEY_HEADER: Final = "x-hub-routing-key"
 #: Why a message is dead-lettered: the first word of its ``x-hub-reason`` (docs/protocol.md §5).
 REASONS: Final = ("bad-properties", "invalid-topic", "too-large", "unreadable", "delivery-limit", "unexpected")
 
-JSON_TYPE: Final = "application/json"
 MSGPACK_TYPES: Final = frozenset({"application/msgpack", "application/x-msgpack"})
 LIVE_PROPERTIES: Final = Basic.Properties(content_type=JSON_TYPE, delivery_mode=1)
 
@@ -69,93 +72,6 @@ class Refused(ValueError):
 
 
 # ------------------------------------------------------------------ publishing
-
-
-def validate_message_id(value: object) -> str:
-    """Return ``value`` if it is a usable message id: a string of 1 to 255 UTF-8 bytes,
-    without control characters. Raises ValueError saying what was expected."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected 'id' to be a non-empty string, got {value!r:.80}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError("expected 'id' to be valid UTF-8 text (no lone surrogates)") from None
-    if size > MAX_ID_BYTES:
-        raise ValueError(f"expected 'id' of at most {MAX_ID_BYTES} UTF-8 bytes, got {size}")
-    if not value.isprintable():
-        raise ValueError("expected 'id' without control characters")
-    return value
-
-
-def validate_ttl(value: object) -> float:
-    """Return ``value`` if it is a usable ttl in seconds: a finite number, more than 0 and at
-    most ``MAX_TTL_SECONDS``. Raises ValueError saying what was expected."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected 'ttl' to be a number of seconds, got {value!r:.80}")
-    if not 0 < value <= MAX_TTL_SECONDS:
-        raise ValueError(f"expected 'ttl' of more than 0 and at most {MAX_TTL_SECONDS} seconds, got {value!r}")
-    return float(value)
-
-
-def validate_priority(value: object) -> int:
-    """Return ``value`` if it is a usable priority: an integer from 0 to ``MAX_PRIORITY``.
-    Raises ValueError saying what was expected."""
-    if type(value) is not int or not 0 <= value <= MAX_PRIORITY:
-        raise ValueError(f"expected 'priority' to be an integer from 0 to {MAX_PRIORITY}, got {value!r:.80}")
-    return value
-
-
-class _Message(aio_pika.Message):
-    """An aio-pika message whose ``expiration`` is exactly the milliseconds given (aio-pika's
-    own conversion goes through float seconds and can lose one)."""
-
-    __slots__ = ("_expiration_ms",)
-
-    def __init__(self, body: bytes, *, expiration_ms: str | None, **properties: Any) -> None:
-        super().__init__(body, **properties)
-        self._expiration_ms = expiration_ms
-
-    @property
-    def properties(self) -> Basic.Properties:
-        properties = super().properties
-        properties.expiration = self._expiration_ms
-        return properties
-
-
-def build_message(
-    data: Any,
-    *,
-    message_id: str | None = None,
-    ttl: float | None = None,
-    priority: int | None = None,
-    persistent: bool = True,
-) -> tuple[aio_pika.Message, str]:
-    """A publisher's message carrying ``data`` (any JSON value), and its id.
-
-    JSON body, ``message_id`` (given, validated, or a new one), ``expiration`` from ``ttl``
-    (whole milliseconds, at least 1), ``priority`` (0-9, unset means 0), the ``ts`` header
-    (now, in ms). Raises ValueError for a bad id, ttl, priority or a value JSON cannot
-    carry strictly (NaN, lone surrogates, too deep).
-    """
-    id = new_id() if message_id is None else validate_message_id(message_id)
-    priority = None if priority is None else validate_priority(priority)
-    expiration = None if ttl is None else str(max(1, math.ceil(validate_ttl(ttl) * 1000)))
-    try:
-        check(data)
-        body = dumps_json(data).encode()
-    except BadPayload as exc:
-        raise ValueError(f"expected data JSON can carry: {exc}") from None
-    mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
-    message = _Message(
-        body,
-        expiration_ms=expiration,
-        content_type=JSON_TYPE,
-        message_id=id,
-        delivery_mode=mode,
-        priority=priority,
-        headers={TS_HEADER: now_ms()},
-    )
-    return message, id
 
 
 def parse_ts(headers: object, now: int) -> int:

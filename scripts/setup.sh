@@ -18,11 +18,13 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import hub, pytest, ruff" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
-  log "installing the hub with its dev extras"
+if ! .venv/bin/python -c "import hub, hubnotify, pytest, ruff" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ] || [ publisher/pyproject.toml -nt .venv/.installed ]; then
+  log "installing the hub with its dev extras, and the publish helper it depends on (publisher/)"
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e '.[dev]'
+  # One command: the hub's dependency notification-hub-publisher is satisfied by ./publisher
+  # (editable), not looked up in the package index.
+  .venv/bin/pip install --quiet -e ./publisher -e '.[dev]'
   touch .venv/.installed
 fi
 

@@ -1,12 +1,12 @@
 """RabbitMQ and Redis for tests and benchmarks: private vhosts and private key prefixes.
 
 Both services are shared with other people's runs, so nothing here touches what it did
-not create: one RabbitMQ vhost per test process (``process_vhost``, deleted at exit) or a
-named one (``create_vhost``, for the benchmarks), and per hub deployment its own
-exchange, queue and Redis key names (``names``), whose Redis keys ``environment``
-deletes on exit. A missing service raises ServiceMissing, naming it and how to get it:
-``make test`` installs and starts both, so a missing one is a broken set-up, not a
-reason to pass quietly.
+not create: one RabbitMQ vhost per test process (``process_vhost``, deleted at exit), a
+named one (``create_vhost``, for the benchmarks) or a fresh one for one test
+(``fresh_vhost``), and per hub deployment its own exchange, queue and Redis key names
+(``names``), whose Redis keys ``environment`` deletes on exit. A missing service raises
+ServiceMissing, naming it and how to get it: ``make test`` installs and starts both, so
+a missing one is a broken set-up, not a reason to pass quietly.
 """
 
 from __future__ import annotations
@@ -134,6 +134,23 @@ async def _check_redis(url: str) -> None:
         raise ServiceMissing(f"Redis: {url} did not answer PING ({exc!r})") from None
     finally:
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def fresh_vhost(tag: str = "fresh") -> AsyncIterator[str]:
+    """A new, empty vhost of its own (as on a RabbitMQ nothing ever ran on), deleted afterwards;
+    yields its AMQP URL. For tests of what happens before any hub declared anything."""
+    name = f"hubtest-{tag}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        url = await asyncio.to_thread(create_vhost, name, fresh=False)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        if isinstance(exc, ServiceMissing):
+            raise
+        raise ServiceMissing(f"RabbitMQ: could not create a test vhost with rabbitmqctl ({exc})") from None
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(_drop_at_exit, name)
 
 
 @contextlib.asynccontextmanager

@@ -1,14 +1,26 @@
-"""The Lua scripts of Redis presence, and the reads that need no running hub.
+"""The Lua scripts of Redis presence.
 
 Key layout and semantics: ``hub.backends.redis_presence``. Each operation is one script,
 so exactly one caller observes each online/offline transition, across every replica.
+The read that needs no running hub (``COUNT_SCRIPT``, ``count_users``) and the key
+names (``presence_keys``) live in the publish helper, ``hubnotify.presence``, which
+backends use without the hub; they are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from hubnotify.presence import COUNT_SCRIPT, count_users, presence_keys
 
-import redis.asyncio as aioredis
+__all__ = [
+    "ADD_SCRIPT",
+    "COUNT_SCRIPT",
+    "HEARTBEAT_SCRIPT",
+    "REAP_SCRIPT",
+    "REMOVE_SCRIPT",
+    "REPLICAS_SCRIPT",
+    "count_users",
+    "presence_keys",
+]
 
 # KEYS: replicas zset, replica hash, user hash. ARGV: replica, conn id, user.
 # Returns {live connections of the user, 1 if the user just went online}.
@@ -54,28 +66,6 @@ end
 return {live_connections(), went}
 """
 )
-
-# KEYS: replicas zset. ARGV: key prefix P, then user ids. Returns live counts, in order.
-COUNT_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local result = {}
-local alive = {}
-for j = 2, #ARGV do
-  local live = 0
-  local conns = redis.call('HGETALL', ARGV[1] .. 'u:' .. ARGV[j])
-  for i = 2, #conns, 2 do
-    local r = conns[i]
-    if alive[r] == nil then
-      local deadline = redis.call('ZSCORE', KEYS[1], r)
-      alive[r] = (deadline ~= false and deadline ~= nil and tonumber(deadline) >= now)
-    end
-    if alive[r] then live = live + 1 end
-  end
-  result[#result + 1] = live
-end
-return result
-"""
 
 # KEYS: replicas zset. ARGV: replica, lease ms. Renews the lease; returns 0 when the
 # replica had been reaped (its lease was gone), 1 otherwise.
@@ -125,22 +115,3 @@ for _, r in ipairs(live) do
 end
 return result
 """
-
-
-def presence_keys(prefix: str) -> tuple[str, str]:
-    """The key prefix ``P`` of presence and its replicas sorted set, for ``prefix``."""
-    base = f"{prefix}presence:"
-    return base, base + "replicas"
-
-
-async def count_users(redis: aioredis.Redis, prefix: str, users: Sequence[str]) -> dict[str, int]:
-    """Live connections of each user across every replica, read straight from Redis.
-
-    Usable without a running hub (the publish helper, scripts): a connection counts
-    only while its replica's lease is live. ``users`` must be valid user ids.
-    """
-    if not users:
-        return {}
-    base, replicas = presence_keys(prefix)
-    counts = await redis.eval(COUNT_SCRIPT, 1, replicas, base, *users)
-    return {user: int(c) for user, c in zip(users, counts, strict=True)}

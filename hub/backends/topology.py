@@ -30,6 +30,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
 from hub.settings import Settings
+from hubnotify.message import declare_exchange
 
 log = logging.getLogger("hub.topology")
 #: Ingest queues already warned about in this process (the warning is said once).
@@ -38,7 +39,8 @@ _warned: set[str] = set()
 
 async def declare_topology(channel: AbstractChannel, settings: Settings) -> None:
     """Declare every exchange and queue the hub uses; idempotent (same arguments every time)."""
-    notifications = await channel.declare_exchange(settings.exchange, ExchangeType.TOPIC, durable=True)
+    # The publishers' exchange is declared by the publish helper too, with these same arguments.
+    notifications = await declare_exchange(channel, settings.exchange)
     dead = await channel.declare_exchange(settings.dead_letter, ExchangeType.FANOUT, durable=True)
     dead_queue = await channel.declare_queue(settings.dead_letter, durable=True)
     await dead_queue.bind(dead, "")
