@@ -170,11 +170,17 @@ def _demo_routes(node: Node) -> list[Any]:
 
 
 async def _publish(node: Node, request: Request) -> Response:
-    """``POST {"user"|"topic", "data", "id"?, "ttl"?}`` → ``{"id", "topic", "offset"}`` (docs/protocol.md §8)."""
+    """``POST {"user"|"topic", "data", "id"?, "ttl"?, "priority"?}`` → ``{"id", "topic", "offset"}``
+    (docs/protocol.md §8)."""
     publish = parse_publish(await read_body(request))
     try:
         receipt = await node.publish(
-            publish.topic, publish.data, message_id=publish.message_id, ttl=publish.ttl, source="http"
+            publish.topic,
+            publish.data,
+            message_id=publish.message_id,
+            ttl=publish.ttl,
+            priority=publish.priority,
+            source="http",
         )
     except BackendUnavailable as exc:
         raise HttpError(503, f"not accepted, try again: {exc}") from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
@@ -74,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--topic", help="a topic, e.g. broadcast")
     publish.add_argument("data", help="the payload, JSON (a bare word is sent as a string)")
     publish.add_argument("--id", help="message id (de-duplication key)")
+    publish.add_argument(
+        "--priority", type=int, choices=range(10), metavar="0-9", help="AMQP priority: 9 overtakes a backlog first"
+    )
     publish.add_argument("--url", default=None, help="publish over HTTP to this hub (default: HUB_URL)")
     publish.set_defaults(run=_publish)
 
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from hub import logs
     from hub.node import Node
     from hub.server import run
 
@@ -124,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
             if name in ("host", "port", "log_level", "history_size") and value is not None
         ]
         return run_workers(settings, args.workers, forwarded)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format, settings.log_level, settings.replica_id)
     run(Node(settings), reuse_port=args.reuse_port)
     return 0
 
@@ -164,7 +167,7 @@ def _publish(args: argparse.Namespace) -> int:
 
         try:
             with BlockingPublisher.from_settings(settings) as publisher:
-                id = publisher.publish_topic(topic, data, message_id=args.id)
+                id = publisher.publish_topic(topic, data, message_id=args.id, priority=args.priority)
         except (AMQPError, ConnectionError, TimeoutError) as exc:
             print(f"hub: RabbitMQ did not take the notification ({exc!r}); nothing was published", file=sys.stderr)
             return EXIT_REFUSED
@@ -174,6 +177,8 @@ def _publish(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"topic": topic, "data": data}
     if args.id:
         body["id"] = args.id
+    if args.priority is not None:
+        body["priority"] = args.priority
     response = httpx.post(
         (args.url or settings.client_url).rstrip("/") + "/api/publish",
         json=body,
@@ -203,11 +208,16 @@ def _presence(args: argparse.Namespace) -> int:
     if settings.redis_url and not args.url:  # straight from Redis, the same truth as the API (docs/protocol.md §6)
         from redis.exceptions import RedisError
 
+        from hub.tls import redis_ssl_options
         from hubnotify.presence import connections_many
 
         try:
             counts = connections_many(
-                users, url=settings.redis_url, prefix=settings.redis_prefix, timeout=settings.backend_timeout
+                users,
+                url=settings.redis_url,
+                prefix=settings.redis_prefix,
+                timeout=settings.backend_timeout,
+                tls=redis_ssl_options(settings),
             )
         except RedisError as exc:
             print(f"hub: Redis did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)

@@ -72,7 +72,16 @@ class Cursor:
         return Start(read_after, frozenset(clamped))
 
     def replay(self, reads: Mapping[str, HistoryRead]) -> list[Notification]:
-        """The notifications of ``reads`` to send, in order, with the positions moved past them."""
+        """The notifications of ``reads`` to send, in order, with the positions moved past them.
+
+        A read whose ``since`` this history never issued (``HistoryRead.latest``: another
+        site's offset, docs/operations.md §7) replays nothing and places the topic at the
+        history's latest offset instead: the foreign offset must not be what later
+        notifications are compared with.
+        """
+        for topic, read in reads.items():
+            if read.latest is not None:
+                self._positions[topic] = Offset.parse(read.latest)
         return [n for read in reads.values() for n in read.notifications if self.admit(n.topic, n.position)]
 
     def admit(self, topic: str, position: Offset | None) -> bool:

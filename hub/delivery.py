@@ -71,7 +71,9 @@ class Delivery:
         topic without ``since`` starts at its latest offset, read now: whatever the live
         queue holds up to it was published before ``connected`` and is not for this
         connection. A ``since`` beyond the latest offset is clamped to it and answered
-        ``recovered: false``. Raises BackendTimeout when history does not answer in time.
+        ``recovered: false``; so is one within the retained range that this history never
+        issued (another site's: ``Cursor.replay``). Raises BackendTimeout when history does
+        not answer in time.
         """
         if since:
             self._metrics.reconnects.inc()

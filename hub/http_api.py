@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from hub.backends.base import BackendUnavailable
 from hub.payload import BadPayload, loads_json
 from hub.topics import InvalidTopic, user_topic, validate_topic
-from hub.wire import validate_message_id, validate_ttl
+from hub.wire import validate_message_id, validate_priority, validate_ttl
 
 #: The largest request body the API reads (1 MiB).
 MAX_BODY: Final = 1_048_576
@@ -95,10 +95,11 @@ class PublishRequest:
     data: Any
     message_id: str | None
     ttl: float | None
+    priority: int | None = None
 
 
 def parse_publish(body: bytes) -> PublishRequest:
-    """``{"user"|"topic", "data", "id"?, "ttl"?}`` → PublishRequest; HttpError 400 with the reason."""
+    """``{"user"|"topic", "data", "id"?, "ttl"?, "priority"?}`` → PublishRequest; HttpError 400 with the reason."""
     try:
         payload = loads_json(body)
     except BadPayload as exc:
@@ -113,6 +114,7 @@ def parse_publish(body: bytes) -> PublishRequest:
         topic = user_topic(payload["user"]) if "user" in payload else validate_topic(payload["topic"])
         message_id = None if payload.get("id") is None else validate_message_id(payload["id"])
         ttl = None if payload.get("ttl") is None else validate_ttl(payload["ttl"])
+        priority = None if payload.get("priority") is None else validate_priority(payload["priority"])
     except (InvalidTopic, ValueError) as exc:
         raise HttpError(400, str(exc)) from None
-    return PublishRequest(topic, payload["data"], message_id, ttl)
+    return PublishRequest(topic, payload["data"], message_id, ttl, priority)

@@ -1,13 +1,32 @@
-"""Prometheus metrics, one registry per app (so several hubs can live in one test process)."""
+"""Prometheus metrics, one registry per app (so several hubs can live in one test process).
+
+Every metric is listed, with its meaning, in docs/protocol.md §7 (a test compares the
+two). Besides the hub's own: the standard ``process_*`` (CPU, memory, file descriptors)
+and ``python_*`` (GC, version) collectors. Counters carry no ``*_created`` series: a
+scrape's counter resets already tell a restart, and the extra series doubled the
+exposition for nothing.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -17,6 +36,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+            registry.register(standard)
         self.connections = Gauge("hub_connections", "Open, authenticated sockets", registry=registry)
         self.connects = Counter("hub_connects", "Accepted connections", registry=registry)
         self.reconnects = Counter(
@@ -41,10 +62,15 @@ class Metrics:
         self.closes = Counter("hub_closes", "Sockets closed by the hub, by close code", ["code"], registry=registry)
         self.errors = Counter("hub_errors", "Unexpected errors, by place", ["where"], registry=registry)
         self.overflows = Counter(
-            "hub_socket_overflows", "Sockets closed because their queue passed its bound", registry=registry
+            "hub_socket_overflows",
+            "Sockets closed with 1013 because they fell more than HUB_SOCKET_QUEUE_SIZE notifications behind",
+            registry=registry,
         )
         self.gaps = Counter(
             "hub_live_gaps", "Live subscriptions restored after a broker interruption", registry=registry
+        )
+        self.ready = Gauge(
+            "hub_ready", "1 while this replica's /readyz answers 200 (checked every few seconds)", registry=registry
         )
 
     def watch_backend(self, stats: Callable[[], Mapping[str, Any]]) -> None:
@@ -56,15 +82,45 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-#: Backend counters exported as ``hub_<name>_total``; keys a backend does not report are left out.
-BACKEND_COUNTERS = {
-    "sequenced": "Notifications appended to history by this replica's sequencer (stream writes)",
-    "duplicates": "Redelivered or re-published ids the sequencer found already in history",
-    "overflows": "Sockets whose RabbitMQ queue dropped messages (x-max-length reached)",
-    "dropped": "Live messages that could not be read and were dropped",
-    "restore_failures": "Live queues not restored after a broker interruption (socket closed with 1013)",
-    "redis_retries": "Sequencer batches retried because Redis did not answer",
-    "history_skipped": "History entries that could not be read back and were skipped (never sent)",
+#: Backend counters: stats key → (exported name, without ``_total``; meaning). Keys a
+#: backend does not report are left out.
+BACKEND_COUNTERS: dict[str, tuple[str, str]] = {
+    "sequenced": ("hub_sequenced", "Notifications appended to history by this replica's sequencer (stream writes)"),
+    "duplicates": ("hub_duplicates", "Redelivered or re-published ids the sequencer found already in history"),
+    "overflows": (
+        "hub_live_queue_overflows",
+        "Socket queues that reached HUB_SOCKET_QUEUE_SIZE and dropped their oldest notification; each such socket "
+        "is then closed with 1013 (and counted in hub_socket_overflows_total)",
+    ),
+    "dropped": ("hub_live_dropped", "Live messages a socket's queue delivered that could not be read (dropped)"),
+    "restore_failures": (
+        "hub_restore_failures",
+        "Live queues not restored after a broker interruption (socket closed with 1013)",
+    ),
+    "redis_retries": ("hub_redis_retries", "Sequencer batches retried because Redis did not answer"),
+    "history_skipped": (
+        "hub_history_skipped",
+        "History entries that could not be read back and were skipped (never sent)",
+    ),
+}
+#: Backend gauges: stats key → (exported name, meaning).
+BACKEND_GAUGES: dict[str, tuple[str, str]] = {
+    "ingest_lag_seconds": (
+        "hub_ingest_lag_seconds",
+        "Age of the oldest notification in the sequencer's last batch (publish → stream)",
+    ),
+    "ingest_backlog": (
+        "hub_ingest_backlog",
+        "Messages waiting in hub.ingest, as this replica last saw them (every few seconds)",
+    ),
+    "ingest_consumers": (
+        "hub_ingest_consumers",
+        "Consumers registered on hub.ingest (one sequencer per replica; one of them is active)",
+    ),
+    "sequencer_inflight": (
+        "hub_sequencer_inflight",
+        "Ingest messages delivered to this replica's sequencer and not yet acknowledged",
+    ),
 }
 
 
@@ -76,9 +132,9 @@ class _BackendCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
-        for name, documentation in BACKEND_COUNTERS.items():
-            if name in stats:
-                yield CounterMetricFamily(f"hub_{name}", documentation, value=stats[name])
+        for key, (name, documentation) in BACKEND_COUNTERS.items():
+            if key in stats:
+                yield CounterMetricFamily(name, documentation, value=stats[key])
         if "dead_letters" in stats:
             family = CounterMetricFamily(
                 "hub_dead_letters",
@@ -90,9 +146,6 @@ class _BackendCollector(Collector):
             for reason, count in stats["dead_letters"].items():
                 family.add_metric([reason], count)
             yield family
-        if "ingest_lag_seconds" in stats:
-            yield GaugeMetricFamily(
-                "hub_ingest_lag_seconds",
-                "Age of the oldest notification in the sequencer's last batch (publish → stream)",
-                value=stats["ingest_lag_seconds"],
-            )
+        for key, (name, documentation) in BACKEND_GAUGES.items():
+            if key in stats:
+                yield GaugeMetricFamily(name, documentation, value=stats[key])

@@ -18,6 +18,7 @@ from hub.backends.base import Backend, Receipt
 from hub.codes import CloseCode
 from hub.host import Closable
 from hub.metrics import Metrics
+from hub.monitor import Monitor
 from hub.settings import Settings
 from hub.topics import validate_topic
 
@@ -38,6 +39,7 @@ class Node:
         self._no_sessions.set()
         self.draining = False
         self.started = False
+        self.monitor = Monitor(self)
 
     async def start(self) -> None:
         """Start the backend; raises when its engines cannot be reached."""
@@ -45,10 +47,12 @@ class Node:
             log.warning("%s is not set: using an insecure development default (never in production)", name)
         await self.backend.start()
         self.started = True
+        self.monitor.start()
         log.info("replica %s ready on the %s backend", self.settings.replica_id, self.backend.name)
 
     async def close(self) -> None:
         """Close every session still open, then the backend."""
+        await self.monitor.stop()
         for session in list(self.sessions):
             session.close(CloseCode.SERVICE_RESTART, "replica shutting down")
         await self._wait_sessions_gone(5.0)
@@ -56,10 +60,19 @@ class Node:
         self.started = False
 
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None, source: str
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
+        source: str,
     ) -> Receipt:
         """Validate ``topic`` and hand the notification to the broker; raises InvalidTopic."""
-        receipt = await self.backend.broker.publish(validate_topic(topic), data, message_id=message_id, ttl=ttl)
+        receipt = await self.backend.broker.publish(
+            validate_topic(topic), data, message_id=message_id, ttl=ttl, priority=priority
+        )
         self.metrics.notifications_in.labels(source=source).inc()
         return receipt
 

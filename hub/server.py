@@ -15,8 +15,10 @@ import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from hub.app import create_app
+from hub.logs import uvicorn_log_config
 from hub.node import Node
 from hub.startup import StartupError, quiet_libraries, start_node
+from hub.tls import server_options
 from hub.workers import listening_socket
 
 log = logging.getLogger("hub.server")
@@ -96,6 +98,7 @@ def build_server(node: Node) -> uvicorn.Server:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_format),
         ws=_websocket_protocol(settings.send_timeout),
         ws_max_size=settings.max_frame_size,
         ws_ping_interval=None,
@@ -103,6 +106,7 @@ def build_server(node: Node) -> uvicorn.Server:
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
+        **server_options(settings),
     )
     return _Server(config)
 

@@ -29,6 +29,7 @@ from hub.delivery import Delivery, TooSlow
 from hub.host import Host
 from hub.lease import BackendTimeout, acquire, release
 from hub.liveness import Liveness
+from hub.logs import bind_connection
 from hub.protocol import (
     CODECS,
     PING_FRAME,
@@ -144,6 +145,7 @@ class Session:
     async def run(self) -> None:
         """Accept the upgrade, serve the connection, and always leave it closed and forgotten:
         unregistered, out of presence, its subscription closed, no task left behind."""
+        bind_connection(self.conn_id)  # every line logged for this socket carries it (hub.logs)
         try:
             await self.transport.accept(self._subprotocol)
         except PeerGone:
@@ -168,6 +170,7 @@ class Session:
                 self._set_state(State.CLOSED)
                 subscription_, conn, self._subscription, self._conn = self._subscription, self._conn, None, None
                 await release(host.backend, subscription_, conn, host.settings.backend_timeout)
+            log.debug("closing: %s %s", outcome.code if outcome.code is not None else "(peer gone)", outcome.message)
             if outcome.code is not None:
                 await self._close(outcome.code, outcome.message)
         finally:
@@ -198,6 +201,7 @@ class Session:
         settings = self.host.settings
         connect = await self._await_connect()
         self.claims = claims = self._verify(connect.token)
+        bind_connection(self.conn_id, claims.user)
         for topic in connect.since:
             if topic not in claims.topics:
                 raise Disconnect(CloseCode.FORBIDDEN, f"topic {topic!r} in 'since' is not granted by the token")

@@ -41,10 +41,36 @@ class Settings:
     host: str = _setting("127.0.0.1", "interface to listen on (`0.0.0.0` in containers; needs real credentials)")
     port: int = _setting(8080, "TCP port")
     log_level: str = _setting("info", "`debug`, `info`, `warning` or `error`")
+    log_format: str = _setting(
+        "plain",
+        "`plain` (lines for a terminal) or `json` (one object per line: time, level, logger, message, "
+        "replica, and conn_id/user for a socket's lines)",
+    )
     amqp_url: str | None = _setting(
         None, "RabbitMQ URL; with `HUB_REDIS_URL` selects the distributed backend", url=True
     )
     redis_url: str | None = _setting(None, "Redis URL; with `HUB_AMQP_URL` selects the distributed backend", url=True)
+    amqp_ca_file: str | None = _setting(
+        None, "with `amqps://`: PEM file of the CA RabbitMQ's certificate must chain to (default: the system's CAs)"
+    )
+    amqp_cert_file: str | None = _setting(
+        None, "with `amqps://`: PEM client certificate, for a RabbitMQ that requires one (`fail_if_no_peer_cert`)"
+    )
+    amqp_key_file: str | None = _setting(
+        None, "the client certificate's private key (PEM; default: in the certificate file)"
+    )
+    redis_ca_file: str | None = _setting(
+        None, "with `rediss://`: PEM file of the CA Redis' certificate must chain to (default: the system's CAs)"
+    )
+    redis_cert_file: str | None = _setting(
+        None, "with `rediss://`: PEM client certificate, for a Redis with `tls-auth-clients yes`"
+    )
+    redis_key_file: str | None = _setting(None, "the Redis client certificate's private key (PEM)")
+    tls_cert_file: str | None = _setting(
+        None,
+        "PEM certificate (chain) for `hub serve` to answer `https://` and `wss://` itself (with `HUB_TLS_KEY_FILE`)",
+    )
+    tls_key_file: str | None = _setting(None, "the private key of `HUB_TLS_CERT_FILE` (PEM)")
     jwt_secret: str | None = _setting(
         None, "HS256 secret for tokens (embedded default: an insecure development secret)", secret=True
     )
@@ -75,6 +101,11 @@ class Settings:
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
     prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
     ingest_max_length: int = _setting(1_000_000, "messages `hub.ingest` holds at most (older overflow to `hub.dead`)")
+    ingest_max_priority: int = _setting(
+        9,
+        "`x-max-priority` of `hub.ingest`: publishes with a higher AMQP priority (0-9) overtake a backlog; "
+        "`0`: a classic queue (priorities ignored). Fixed when the queue is created (docs/operations.md §5)",
+    )
     delivery_limit: int = _setting(5, "deliveries of one ingest message before it is dead-lettered")
     exchange: str = _setting(EXCHANGE, "the publishers' topic exchange")
     live_exchange: str = _setting("notifications.live", "the sequenced-notifications exchange the sockets bind on")
@@ -171,6 +202,9 @@ class Settings:
         return dataclasses.replace(self, **changes, dev_defaults=tuple(dev))
 
     def _check_values(self) -> None:
+        _tls_checks(self)
+        if self.log_format not in ("plain", "json"):
+            raise ConfigError(f"HUB_LOG_FORMAT: expected `plain` or `json`, got {self.log_format!r}")
         for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
             try:
                 validate_topic(getattr(self, name))
@@ -179,9 +213,40 @@ class Settings:
         for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ingest_max_priority <= 9:
+            raise ConfigError(f"HUB_INGEST_MAX_PRIORITY: expected 0 to 9, got {self.ingest_max_priority}")
         for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative, got {getattr(self, name)}")
+
+
+_TLS_FILES: Final = {
+    "amqp": ("amqp_ca_file", "amqp_cert_file", "amqp_key_file"),
+    "redis": ("redis_ca_file", "redis_cert_file", "redis_key_file"),
+    "serve": ("tls_cert_file", "tls_key_file"),
+}
+_TLS_SCHEMES: Final = {"amqp": ("amqp_url", "amqps"), "redis": ("redis_url", "rediss")}
+
+
+def _tls_checks(settings: Settings) -> None:
+    """Every TLS file named exists; client certificate files come with a TLS URL; a key
+    comes with its certificate."""
+    for group, names in _TLS_FILES.items():
+        for name in names:
+            path = getattr(settings, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{env_name(name)}: expected a readable PEM file, {path!r} is not a file")
+        if group in _TLS_SCHEMES:
+            url_field, scheme = _TLS_SCHEMES[group]
+            url = getattr(settings, url_field)
+            used = [env_name(n) for n in names if getattr(settings, n)]
+            if used and url and urlsplit(url).scheme != scheme:
+                raise ConfigError(f"{', '.join(used)} set, but {env_name(url_field)} is not a {scheme}:// URL")
+        certificate, key = names[-2], names[-1]
+        if getattr(settings, key) and not getattr(settings, certificate):
+            raise ConfigError(f"{env_name(key)} set without {env_name(certificate)}")
+    if settings.tls_key_file and not settings.tls_cert_file:
+        raise ConfigError("HUB_TLS_KEY_FILE set without HUB_TLS_CERT_FILE")
 
 
 _POSITIVE = (

@@ -52,6 +52,7 @@ async def start_node(node: Node) -> None:
     try:
         async with asyncio.timeout(limit):
             await node.start()
+        log.info("using %s", describe_services(node))
         return
     except BackendUnavailable as exc:
         reason = str(exc)
@@ -103,6 +104,28 @@ def quiet_libraries(settings: Settings) -> Callable[[], None]:
             logger.setLevel(level)
 
     return restore
+
+
+def describe_services(node: Node) -> str:
+    """Which broker node, vhost, Redis and key prefix this replica uses (no passwords), for the
+    start-up log: the first thing to check when two replicas disagree."""
+    settings = node.settings
+    if not (settings.amqp_url and settings.redis_url):
+        return "the embedded backend (in-process broker, presence and history)"
+    amqp = urlsplit(settings.amqp_url)
+    vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+    broker = "RabbitMQ (not connected)"
+    connection = getattr(node.backend, "connection", None)
+    try:
+        server = connection.transport.connection.server_properties  # type: ignore[union-attr]
+        broker = f"RabbitMQ {server.get('version', '?')} (cluster {server.get('cluster_name', '?')})"
+    except AttributeError:
+        pass
+    history = f"history {settings.history_size} per topic" if settings.history_enabled else "history off"
+    return (
+        f"{broker} at {redact_url(settings.amqp_url)} (vhost {vhost!r}); "
+        f"Redis at {redact_url(settings.redis_url)} (key prefix {settings.redis_prefix!r}); {history}"
+    )
 
 
 def _services(settings: Settings) -> str:

@@ -39,10 +39,12 @@ from hub.topics import InvalidTopic, parse_offset, validate_topic
 # The publish helper's message (one definition, hubnotify.message), re-exported.
 from hubnotify.message import JSON_TYPE as JSON_TYPE
 from hubnotify.message import MAX_ID_BYTES as MAX_ID_BYTES
+from hubnotify.message import MAX_PRIORITY as MAX_PRIORITY
 from hubnotify.message import MAX_TTL_SECONDS as MAX_TTL_SECONDS
 from hubnotify.message import TS_HEADER as TS_HEADER
 from hubnotify.message import build_message as build_message
 from hubnotify.message import validate_message_id as validate_message_id
+from hubnotify.message import validate_priority as validate_priority
 from hubnotify.message import validate_ttl as validate_ttl
 
 #: The largest body the hub takes, as over HTTP (hub/app.py): a notification, not a file.
@@ -129,6 +131,8 @@ class Publish:
     ts: int
     data_json: str
     data: Any
+    #: AMQP ``priority`` as published, capped at ``MAX_PRIORITY`` (RabbitMQ caps it too).
+    priority: int = 0
 
 
 def read_publish(routing_key: str | None, header: Any, body: bytes, *, now: int) -> Publish:
@@ -151,7 +155,8 @@ def read_publish(routing_key: str | None, header: Any, body: bytes, *, now: int)
     if len(body) > MAX_BODY_BYTES:
         raise Refused("too-large", f"expected a body of at most {MAX_BODY_BYTES} bytes, got {len(body)}")
     data_json, data = decode_body(body, properties.content_type)
-    return Publish(topic, id, parse_ts(properties.headers, now), data_json, data)
+    priority = min(properties.priority or 0, MAX_PRIORITY) if type(properties.priority) is int else 0
+    return Publish(topic, id, parse_ts(properties.headers, now), data_json, data, priority)
 
 
 # ------------------------------------------------------------------ the live path

@@ -2,8 +2,8 @@
 # Installs what the hub and its tests need on a fresh Debian machine, idempotently:
 # the Python virtualenv with the package, the Debian packages the tests drive
 # (chromium, haproxy, docker-compose; docker.io and debootstrap for the docker test; php-cli
-# and php-amqplib for the README's PHP examples), and client-js's npm dependencies. Starts
-# Redis and RabbitMQ when they are not running.
+# and php-amqplib for the README's PHP examples; promtool for docker/prometheus/), and
+# client-js's npm dependencies. Starts Redis and RabbitMQ when they are not running.
 #   scripts/setup.sh            everything the tests need
 #   scripts/setup.sh --runtime  only the virtualenv with the hub (enough for `make run`)
 set -euo pipefail
@@ -40,9 +40,11 @@ command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || mis
 # tests/test_docker.py: its own dockerd, stand-in images made with debootstrap
 [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
-# tests/test_php.py: the README's PHP examples
+# tests/test_php.py, tests/test_tls.py: the README's PHP examples
 command -v php >/dev/null || missing+=(php-cli)
 [ -f /usr/share/php/PhpAmqpLib/autoload.php ] || missing+=(php-amqplib)
+# tests/test_alerts.py: promtool checks docker/prometheus/
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -110,7 +110,7 @@ async def test_metrics_count_what_happens(hub: RunningHub) -> None:
     assert "hub_delivery_latency_seconds_count 1.0" in text
     assert 'hub_auth_failures_total{code="4001"} 1.0' in text
     assert 'hub_closes_total{code="4001"} 1.0' in text
-    assert "hub_overflows_total 0.0" in text
+    assert "hub_live_queue_overflows_total 0.0" in text
     if hub.backend == "distributed":
         assert "hub_sequenced_total 1.0" in text
         assert "hub_ingest_lag_seconds" in text

@@ -2,8 +2,9 @@
 
 - "Tokens for your users": the firebase/php-jwt snippet mints tokens the hub accepts
   (firebase/php-jwt is vendored in tests/php/, see tests/php/autoload.php).
-- php-amqplib publishing (Debian's php-amqplib): the notification reaches a socket
-  (distributed backend; only the connection line is pointed at the test's own vhost).
+- php-amqplib publishing (Debian's php-amqplib) is run by tests/test_tls.py: the README's
+  producer publishes as the `publisher` user over TLS, which needs a RabbitMQ with a TLS
+  listener and the shipped users (a private node there).
 
 A missing ``php`` or php-amqplib fails the test, naming the Debian package.
 """
@@ -17,9 +18,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.distributed_env import AMQP_HOST, AMQP_PORT, vhost
 from tests.harness import SECRET, run_hub
 from tests.services import missing
 
@@ -73,19 +71,3 @@ async def test_php_token_recipe_is_accepted(tmp_path: Path) -> None:
         assert [n["data"] for n in await team.notifications(1)] == ["minted in PHP"]
         await client.close()
         await team.close()
-
-
-@pytest.mark.distributed
-async def test_php_amqplib_publishing(tmp_path: Path) -> None:
-    snippet = readme_php("basic_publish")
-    documented = "new AMQPStreamConnection('rabbitmq', 5672, 'hub', getenv('RABBITMQ_PASSWORD'))"
-    assert documented in snippet
-    here = f"new AMQPStreamConnection({AMQP_HOST!r}, {AMQP_PORT}, 'guest', 'guest', {vhost()!r})"
-    async with run_hub("distributed", env={"HUB_EXCHANGE": "notifications"}) as hub:
-        client = await hub.connect("42")
-        await asyncio.to_thread(php, tmp_path, snippet.replace(documented, here), "")
-        (notification,) = await client.notifications(1)
-        assert notification["id"] == "order-1234-shipped"
-        assert notification["topic"] == "user.42"
-        assert notification["data"] == {"text": "Your order shipped"}
-        await client.close()

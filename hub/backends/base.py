@@ -87,12 +87,20 @@ class Broker(Protocol):
     """Carries notifications from publishers to live subscriptions."""
 
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> Receipt:
         """Accept a notification for ``topic`` (already validated) and return once it is safe.
 
         "Safe" means sequenced into history (embedded) or confirmed by the broker
-        (AMQP). ``ttl`` (seconds) bounds how long an undelivered message may wait.
+        (AMQP). ``ttl`` (seconds) bounds how long an undelivered message may wait;
+        ``priority`` (0-9) lets it overtake a backlog waiting to be sequenced
+        (docs/protocol.md §5); where nothing waits it changes nothing.
         """
         ...
 
@@ -110,10 +118,39 @@ class HistoryRead:
     """Notifications after an offset, and whether they are all that was ever published after it.
 
     ``complete`` is False when entries after the offset were trimmed (count or age).
+    ``latest`` is set when the offset is not one this history ever issued: another
+    site's (each site sequences for itself, docs/operations.md §7) or a made-up one.
+    Nothing after it can be told, so ``notifications`` is empty, ``complete`` False, and
+    ``latest`` is this history's latest offset, where delivery resumes instead (the
+    foreign offset must never be used to filter: one ahead of this site's would mute
+    the socket).
     """
 
     notifications: Sequence[Notification]
     complete: bool
+    latest: str | None = None
+
+
+def issued_here(
+    offset: tuple[int, int], *, last: tuple[int, int], max_deleted: tuple[int, int], is_entry: bool, now: int
+) -> bool:
+    """Whether a history whose newest issued offset is ``last``, whose deletions reach
+    ``max_deleted`` (entries are deleted oldest first, so every issued offset above it is
+    still an entry) and which holds ``offset`` iff ``is_entry``, could have issued ``offset``.
+
+    ``0-0`` (nothing seen) is always fine. An offset past ``last`` was never issued; one
+    above ``max_deleted`` that is not an entry was never issued either. An offset at or
+    below ``max_deleted`` may have been (it is treated as a trimmed one: ``complete``
+    False). With no stream at all (``last`` 0-0), only an offset from the future (past
+    ``now``) is known to be foreign.
+    """
+    if offset == (0, 0):
+        return True
+    if last == (0, 0):
+        return offset[0] <= now
+    if offset > last:
+        return False
+    return offset <= max_deleted or is_entry
 
 
 class History(Protocol):

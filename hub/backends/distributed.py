@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import aiormq
 import redis.asyncio as aioredis
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from redis.exceptions import RedisError
 
 from hub import amqp_decode, wire
@@ -34,6 +34,7 @@ from hub.backends.redis_presence import RedisPresence
 from hub.backends.sequencer import Sequencer
 from hub.backends.topology import declare_topology
 from hub.settings import Settings, redact_url
+from hub.tls import amqp_ssl_context, redis_ssl_options
 
 log = logging.getLogger("hub.distributed")
 
@@ -52,7 +53,9 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = redis_client.connect(settings.redis_url, settings.backend_timeout)
+        self._redis: aioredis.Redis = redis_client.connect(
+            settings.redis_url, settings.backend_timeout, redis_ssl_options(settings)
+        )
         self._history = (
             RedisHistory(
                 self._redis,
@@ -76,6 +79,8 @@ class DistributedBackend:
         self._broker: LiveBroker | None = None
         self._sequencer: Sequencer | None = None
         self._presence_exchange: AbstractExchange | None = None
+        self._observer: AbstractRobustChannel | None = None
+        self._ingest: tuple[int, int] | None = None  # hub.ingest: messages, consumers (last seen)
 
     @property
     def name(self) -> str:
@@ -127,6 +132,7 @@ class DistributedBackend:
             aio_pika.connection.make_url(settings.amqp_url),
             client_properties={"connection_name": f"hub {settings.replica_id}"},
             reconnect_interval=RECONNECT_INTERVAL,
+            ssl_context=amqp_ssl_context(settings),
         )
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             await connection.connect(timeout=settings.backend_timeout)
@@ -142,6 +148,8 @@ class DistributedBackend:
             if self._history is not None:
                 self._sequencer = Sequencer(connection, self._history, settings)
                 await self._sequencer.start()
+                # its own channel: a passive declare of a queue that is gone closes the channel
+                self._observer = await connection.channel(publisher_confirms=False)
         async with _answering("Redis", settings.redis_url, settings.backend_timeout):
             await self._presence.start()
 
@@ -200,8 +208,27 @@ class DistributedBackend:
                 dead_letters=dict(s.dead_letters),
                 redis_retries=s.redis_retries,
                 ingest_lag_seconds=s.last_lag_ms / 1000,
+                sequencer_inflight=self._sequencer.inflight,
             )
+        if self._ingest is not None:
+            stats.update(ingest_backlog=self._ingest[0], ingest_consumers=self._ingest[1])
         return stats
+
+    async def observe(self) -> None:
+        """Read ``hub.ingest``'s length and consumer count (for metrics), within
+        ``backend_timeout``; unknown (not exported) while RabbitMQ does not answer."""
+        observer = self._observer
+        if observer is None:
+            return
+        try:
+            async with asyncio.timeout(self._settings.backend_timeout):
+                channel = await observer.get_underlay_channel()
+                declared = await channel.queue_declare(self._settings.ingest_queue, passive=True)
+        except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.debug("could not read %s's length: %r", self._settings.ingest_queue, exc)
+            self._ingest = None
+            return
+        self._ingest = (declared.message_count or 0, declared.consumer_count or 0)
 
     async def _presence_event(self, user: str, online: bool) -> None:
         """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (docs/protocol.md §6).

@@ -9,6 +9,7 @@ is lost when the process stops, and it is not shared between processes.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from hub.backends.base import (
     HistoryRead,
     Receipt,
     SubscriptionOverflow,
+    issued_here,
 )
 from hub.notification import Notification, new_id, now_ms
 from hub.settings import Settings
@@ -97,9 +99,18 @@ class MemoryHistory:
             key = parse_offset(offset)
             stream = self._streams.get(topic)
             if stream is None:
+                if not issued_here(key, last=(0, 0), max_deleted=(0, 0), is_entry=False, now=now):
+                    result[topic] = HistoryRead([], complete=False, latest=ZERO_OFFSET)
+                    continue
                 result[topic] = HistoryRead([], complete=key == (0, 0))
                 continue
             self._trim_age(stream, now)
+            keys = [k for k, _ in stream.entries]
+            at = bisect.bisect_left(keys, key)
+            is_entry = at < len(keys) and keys[at] == key
+            if not issued_here(key, last=stream.last, max_deleted=stream.max_deleted, is_entry=is_entry, now=now):
+                result[topic] = HistoryRead([], complete=False, latest=format_offset(*stream.last))
+                continue
             found = [n for k, n in stream.entries if k > key]
             result[topic] = HistoryRead(found, complete=key >= stream.max_deleted)
         return result
@@ -156,7 +167,13 @@ class MemoryBroker:
         self.overflows = 0
 
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> Receipt:
         id = message_id or new_id()
         ts = now_ms()

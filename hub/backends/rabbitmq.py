@@ -212,7 +212,13 @@ class LiveBroker:
     # ------------------------------------------------------------------ the seam
 
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> Receipt:
         """Confirmed, persistent publish to ``notifications``; the sequencer assigns the offset.
 
@@ -220,7 +226,7 @@ class LiveBroker:
         the message may still have been taken, so a retry should reuse ``message_id``.
         """
         assert self._exchange is not None
-        message, id = wire.build_message(data, message_id=message_id, ttl=ttl)
+        message, id = wire.build_message(data, message_id=message_id, ttl=ttl, priority=priority)
         self._connected()
         timeout = self.settings.backend_timeout
         try:

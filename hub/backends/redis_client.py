@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -16,8 +17,9 @@ from hub.backends.base import BackendUnavailable
 MAX_CONNECTIONS = 64
 
 
-def connect(url: str, timeout: float) -> aioredis.Redis:
-    """A client for ``url`` over a bounded, blocking pool.
+def connect(url: str, timeout: float, tls: Mapping[str, Any] | None = None) -> aioredis.Redis:
+    """A client for ``url`` over a bounded, blocking pool; ``tls`` holds redis-py's ``ssl_*``
+    options for a ``rediss://`` URL (``hub.tls.redis_ssl_options``).
 
     ``timeout`` (``settings.backend_timeout``) bounds a connection attempt, each read and
     the wait for a free pooled connection, so a Redis that went silent (not just down)
@@ -30,6 +32,7 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        **(tls or {}),
     )
     return aioredis.Redis.from_pool(pool)
 

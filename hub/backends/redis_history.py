@@ -23,12 +23,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hub.backends.base import HistoryRead
+from hub.backends.base import HistoryRead, issued_here
 from hub.backends.redis_client import deadline
 from hub.notification import Notification, now_ms
 from hub.payload import BadPayload, loads_json, loads_msgpack
 from hub.protocol import json_dumps
-from hub.topics import ZERO_OFFSET, parse_offset
+from hub.topics import ZERO_OFFSET, Offset, parse_offset
 
 log = logging.getLogger("hub.history")
 
@@ -89,20 +89,23 @@ return out
 """
 )
 
-# KEYS: stream. ARGV: de-dup prefix, maxlen, horizon, after ('-' or '(' .. offset).
-# Returns {exists (0/1), max-deleted-entry-id, entries}.
+# KEYS: stream. ARGV: de-dup prefix, maxlen, horizon, after ('-' or '(' .. offset), offset.
+# Returns {exists (0/1), max-deleted-entry-id, entries, last-generated-id, offset is an entry (0/1)}.
 _READ = (
     _TRIM
     + """
 local s = KEYS[1]
-if redis.call('EXISTS', s) == 0 then return {0, '0-0', {}} end
+if redis.call('EXISTS', s) == 0 then return {0, '0-0', {}, '0-0', 0} end
 trim(s, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 local info = redis.call('XINFO', 'STREAM', s)
-local maxdel = '0-0'
+local maxdel, last = '0-0', '0-0'
 for j = 1, #info, 2 do
   if info[j] == 'max-deleted-entry-id' then maxdel = info[j + 1] end
+  if info[j] == 'last-generated-id' then last = info[j + 1] end
 end
-return {1, maxdel, redis.call('XRANGE', s, ARGV[4], '+')}
+local is_entry = 0
+if ARGV[5] ~= '0-0' and #redis.call('XRANGE', s, ARGV[5], ARGV[5]) > 0 then is_entry = 1 end
+return {1, maxdel, redis.call('XRANGE', s, ARGV[4], '+'), last, is_entry}
 """
 )
 
@@ -179,12 +182,20 @@ class RedisHistory:
         async with deadline("history read", self._timeout), self._redis.pipeline(transaction=False) as pipe:
             for topic in topics:
                 start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
-                args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start]
+                args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start, after[topic]]
                 await self._read(keys=[self.stream_key(topic)], args=args, client=pipe)
             results = await pipe.execute()
         reads: dict[str, HistoryRead] = {}
-        for topic, (exists, max_deleted, entries) in zip(topics, results, strict=True):
+        now = now_ms()
+        for topic, (exists, max_deleted, entries, last, is_entry) in zip(topics, results, strict=True):
             key = parse_offset(after[topic])
+            # An idle stream's key expires and a later publish starts a new one: an offset
+            # older than the age horizon may be one of the old stream's (see _complete).
+            deleted = max(parse_offset(max_deleted.decode()), Offset(horizon, 0))
+            newest = parse_offset(last.decode())
+            if not issued_here(key, last=newest, max_deleted=deleted, is_entry=bool(is_entry), now=now):
+                reads[topic] = HistoryRead([], complete=False, latest=last.decode())  # another site's offset
+                continue
             if not exists:
                 reads[topic] = HistoryRead([], complete=key == (0, 0))
                 continue

@@ -148,6 +148,11 @@ class Sequencer:
                     await task
         self._task = self._resubscribing = None
 
+    @property
+    def inflight(self) -> int:
+        """Messages delivered to this sequencer and not yet acknowledged (done or dead-lettered)."""
+        return len(self._buffer)
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         self._buffer.append(message)
         self._ready.set()
@@ -229,6 +234,12 @@ class Sequencer:
             except Exception as exc:  # a bug must not fail the other messages of the batch
                 log.exception("unexpected error reading an ingest message")
                 dead.append((message, "unexpected", repr(exc)))
+        # RabbitMQ hands out urgent messages first from what waits in hub.ingest; within a
+        # batch already delivered, they go first too (stable: equal priorities keep their
+        # order). Capped like RabbitMQ caps them; with priorities off, nothing moves.
+        top = self._settings.ingest_max_priority
+        if top > 0:
+            publishes.sort(key=lambda p: -min(p.priority, top))
         self.stats.last_lag_ms = max(0, max((now - p.ts for p in publishes), default=0))
         entries = [(p.topic, p.id, p.ts, JSON_KIND, p.data_json.encode()) for p in publishes]
         results = await self._append(entries) if entries else []

@@ -9,7 +9,8 @@
   and a length (``ingest_max_length``). At the bound the oldest message goes first
   (``x-overflow: drop-head``): the newest notifications are worth the most, and
   publishers keep working while no sequencer runs. Expired and dropped messages go to
-  ``hub.dead`` (``x-death`` says why).
+  ``hub.dead`` (``x-death`` says why). A priority queue (``x-max-priority``,
+  ``HUB_INGEST_MAX_PRIORITY``): urgent notifications leave a backlog first.
 
 Queue arguments cannot change once a queue exists: RabbitMQ refuses the declare
 (PRECONDITION_FAILED) and closes the channel. A ``hub.ingest`` declared by an older hub
@@ -60,6 +61,8 @@ def ingest_arguments(settings: Settings) -> dict[str, Any]:
     }
     if settings.history_ttl > 0:
         arguments["x-message-ttl"] = settings.history_ttl * 1000
+    if settings.ingest_max_priority > 0:
+        arguments["x-max-priority"] = settings.ingest_max_priority
     return arguments
 
 

@@ -10,6 +10,7 @@ its own; every call blocks until that call is done there.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from types import TracebackType
@@ -43,6 +44,8 @@ class BlockingPublisher:
         timeout: float | None = DEFAULT_TIMEOUT,
         redis_url: str | None = None,
         redis_prefix: str = DEFAULT_PREFIX,
+        ssl_context: ssl.SSLContext | None = None,
+        redis_tls: Mapping[str, Any] | None = None,
     ) -> None:
         self._timeout = timeout
         self._publisher = Publisher(
@@ -52,6 +55,8 @@ class BlockingPublisher:
             timeout=timeout,
             redis_url=redis_url,
             redis_prefix=redis_prefix,
+            ssl_context=ssl_context,
+            redis_tls=redis_tls,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="hubnotify-publisher", daemon=True)
@@ -72,13 +77,29 @@ class BlockingPublisher:
             options["timeout"] = timeout
         return cls(amqp_url(settings), **options, persistent=persistent)
 
-    def publish(self, user: str | int, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
+    def publish(
+        self,
+        user: str | int,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
+    ) -> str:
         """See ``Publisher.publish``."""
-        return self._call(self._publisher.publish(user, data, message_id=message_id, ttl=ttl))
+        return self._call(self._publisher.publish(user, data, message_id=message_id, ttl=ttl, priority=priority))
 
-    def publish_topic(self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None) -> str:
+    def publish_topic(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
+    ) -> str:
         """See ``Publisher.publish_topic``."""
-        return self._call(self._publisher.publish_topic(topic, data, message_id=message_id, ttl=ttl))
+        return self._call(self._publisher.publish_topic(topic, data, message_id=message_id, ttl=ttl, priority=priority))
 
     def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """See ``Publisher.publish_many``."""

@@ -29,6 +29,8 @@ EXCHANGE: Final = "notifications"
 MAX_ID_BYTES: Final = 255
 #: The longest ``ttl`` a publish may ask for: a week. Longer is refused, never clamped.
 MAX_TTL_SECONDS: Final = 7 * 86_400
+#: Priorities a publish may carry (AMQP ``priority``): 0 (default) to 9 (most urgent).
+MAX_PRIORITY: Final = 9
 TS_HEADER: Final = "ts"
 JSON_TYPE: Final = "application/json"
 
@@ -79,6 +81,14 @@ def validate_ttl(value: object) -> float:
     return float(value)
 
 
+def validate_priority(value: object) -> int:
+    """Return ``value`` if it is a usable priority: an integer from 0 to ``MAX_PRIORITY``.
+    Raises ValueError saying what was expected."""
+    if type(value) is not int or not 0 <= value <= MAX_PRIORITY:
+        raise ValueError(f"expected 'priority' to be an integer from 0 to {MAX_PRIORITY}, got {value!r:.80}")
+    return value
+
+
 class _Message(aio_pika.Message):
     """An aio-pika message whose ``expiration`` is exactly the milliseconds given (aio-pika's
     own conversion goes through float seconds and can lose one)."""
@@ -97,15 +107,23 @@ class _Message(aio_pika.Message):
 
 
 def build_message(
-    data: Any, *, message_id: str | None = None, ttl: float | None = None, persistent: bool = True
+    data: Any,
+    *,
+    message_id: str | None = None,
+    ttl: float | None = None,
+    priority: int | None = None,
+    persistent: bool = True,
 ) -> tuple[aio_pika.Message, str]:
     """A publisher's message carrying ``data`` (any JSON value), and its id.
 
     JSON body, ``message_id`` (given, validated, or a new one), ``expiration`` from ``ttl``
-    (whole milliseconds, at least 1), the ``ts`` header (now, in ms). Raises ValueError for
-    a bad id, ttl or a value JSON cannot carry strictly (NaN, lone surrogates, too deep).
+    (whole milliseconds, at least 1), ``priority`` (0-9: an urgent notification overtakes a
+    backlog waiting to be sequenced; unset means 0), the ``ts`` header (now, in ms). Raises
+    ValueError for a bad id, ttl, priority or a value JSON cannot carry strictly (NaN, lone
+    surrogates, too deep).
     """
     id = new_id() if message_id is None else validate_message_id(message_id)
+    priority = None if priority is None else validate_priority(priority)
     expiration = None if ttl is None else str(max(1, math.ceil(validate_ttl(ttl) * 1000)))
     try:
         check(data)
@@ -119,6 +137,7 @@ def build_message(
         content_type=JSON_TYPE,
         message_id=id,
         delivery_mode=mode,
+        priority=priority,
         headers={TS_HEADER: now_ms()},
     )
     return message, id

@@ -21,9 +21,9 @@ hub's presence backend runs the same text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from hubnotify.topics import as_user_id
 
@@ -107,9 +107,15 @@ async def is_online_async(client: aioredis.Redis, user: str | int, prefix: str =
 
 
 def connections_many(
-    users: Iterable[str | int], *, url: str, prefix: str = DEFAULT_PREFIX, timeout: float = DEFAULT_TIMEOUT
+    users: Iterable[str | int],
+    *,
+    url: str,
+    prefix: str = DEFAULT_PREFIX,
+    timeout: float = DEFAULT_TIMEOUT,
+    tls: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Blocking: each user → live connections, read from the Redis at ``url``.
+    """Blocking: each user → live connections, read from the Redis at ``url`` (``tls``:
+    redis-py's ``ssl_*`` options for a ``rediss://`` URL).
 
     Raises InvalidTopic for an invalid user id, a ``redis.exceptions.RedisError`` when
     Redis refuses or takes more than ``timeout`` seconds to connect or answer.
@@ -119,7 +125,7 @@ def connections_many(
         return {}
     base, replicas = presence_keys(prefix)
     redis = import_redis()
-    with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout) as client:
+    with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **(tls or {})) as client:
         counts = client.eval(COUNT_SCRIPT, 1, replicas, base, *checked)
     return {user: int(c) for user, c in zip(checked, counts, strict=True)}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Protocol
@@ -74,8 +75,13 @@ class Publisher:
         timeout: float | None = DEFAULT_TIMEOUT,
         redis_url: str | None = None,
         redis_prefix: str = DEFAULT_PREFIX,
+        ssl_context: ssl.SSLContext | None = None,
+        redis_tls: Mapping[str, Any] | None = None,
     ) -> None:
         self._url = url
+        # amqps://: whom to trust and who we are (default: the system's CAs, no client certificate)
+        self._ssl_context = ssl_context
+        self._redis_tls = dict(redis_tls or {})  # redis-py's ssl_* options for a rediss:// redis_url
         self._exchange_name = exchange
         self._persistent = persistent
         self._timeout = timeout
@@ -107,7 +113,7 @@ class Publisher:
             deadline = None if self._timeout is None else asyncio.get_running_loop().time() + self._timeout
             # aio-pika's own connect timeout, not a cancellation: a cancelled connect_robust
             # schedules a reconnection of the connection it was making.
-            connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+            connection = await aio_pika.connect_robust(self._url, timeout=self._timeout, ssl_context=self._ssl_context)
             try:
                 async with asyncio.timeout_at(deadline):
                     exchange = await _open_exchange(connection, self._exchange_name)
@@ -137,26 +143,43 @@ class Publisher:
         await self.close()
 
     async def publish(
-        self, user: str | int, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        user: str | int,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> str:
         """Publish ``data`` (any JSON value) to ``user.<user>``; return the notification id.
 
         ``message_id`` is the de-duplication key (1-255 bytes, default: a new one); ``ttl``
-        in seconds (at most a week) drops the notification if it waits longer to be sequenced.
+        in seconds (at most a week) drops the notification if it waits longer to be sequenced;
+        ``priority`` (0-9, default 0): an urgent notification (a 2FA code, a security alert)
+        overtakes a backlog waiting to be sequenced (docs/protocol.md §5).
         """
-        return await self.publish_topic(user_topic(as_user_id(user)), data, message_id=message_id, ttl=ttl)
+        topic = user_topic(as_user_id(user))
+        return await self.publish_topic(topic, data, message_id=message_id, ttl=ttl, priority=priority)
 
     async def publish_topic(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> str:
         """Publish to any topic (e.g. ``broadcast``); return the notification id."""
         routing_key = validate_topic(topic)
-        message, id = build_message(data, message_id=message_id, ttl=ttl, persistent=self._persistent)
+        message, id = build_message(
+            data, message_id=message_id, ttl=ttl, priority=priority, persistent=self._persistent
+        )
         await self._ready().publish(message, routing_key=routing_key, mandatory=False, timeout=self._timeout)
         return id
 
     async def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Publish ``{"user"|"topic", "data", "id"?, "ttl"?}`` items, confirms awaited together.
+        """Publish ``{"user"|"topic", "data", "id"?, "ttl"?, "priority"?}`` items, confirms awaited together.
 
         Every item is validated before anything is sent; returns the ids in order.
         """
@@ -166,7 +189,11 @@ class Publisher:
                 raise InvalidTopic(f"expected exactly one of 'user' or 'topic' in {dict(item)!r:.80}")
             topic = user_topic(as_user_id(item["user"])) if "user" in item else validate_topic(item["topic"])
             message, id = build_message(
-                item.get("data"), message_id=item.get("id"), ttl=item.get("ttl"), persistent=self._persistent
+                item.get("data"),
+                message_id=item.get("id"),
+                ttl=item.get("ttl"),
+                priority=item.get("priority"),
+                persistent=self._persistent,
             )
             prepared.append((topic, message, id))
         exchange = self._ready()
@@ -187,7 +214,7 @@ class Publisher:
             if self._redis_url is None:
                 raise ValueError("expected Publisher(..., redis_url=HUB_REDIS_URL) for presence queries")
             self._redis = import_redis().asyncio.Redis.from_url(
-                self._redis_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+                self._redis_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, **self._redis_tls
             )
         return await online_many_async(self._redis, self._redis_prefix, users)
 
@@ -235,4 +262,34 @@ def keywords(settings: PublisherSettings) -> dict[str, Any]:
         "redis_url": settings.redis_url,
         "redis_prefix": settings.redis_prefix,
         "timeout": settings.backend_timeout,
+        "ssl_context": amqp_ssl_context(settings),
+        "redis_tls": redis_tls_options(settings),
     }
+
+
+def amqp_ssl_context(settings: PublisherSettings) -> ssl.SSLContext | None:
+    """For an ``amqps://`` URL: a context trusting ``amqp_ca_file`` (default: the system's
+    CAs) and presenting ``amqp_cert_file`` / ``amqp_key_file`` when set (the hub's
+    ``HUB_AMQP_CA_FILE``, ``HUB_AMQP_CERT_FILE``, ``HUB_AMQP_KEY_FILE``). None for ``amqp://``."""
+    if not (settings.amqp_url or "").startswith("amqps://"):
+        return None
+    context = ssl.create_default_context(cafile=getattr(settings, "amqp_ca_file", None))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    certificate = getattr(settings, "amqp_cert_file", None)
+    if certificate:
+        context.load_cert_chain(certificate, getattr(settings, "amqp_key_file", None) or None)
+    return context
+
+
+def redis_tls_options(settings: PublisherSettings) -> dict[str, Any]:
+    """redis-py's ``ssl_*`` options for a ``rediss://`` URL (``redis_ca_file``,
+    ``redis_cert_file``, ``redis_key_file`` when the settings have them); empty otherwise."""
+    if not (settings.redis_url or "").startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if getattr(settings, "redis_ca_file", None):
+        options["ssl_ca_certs"] = settings.redis_ca_file  # type: ignore[attr-defined]
+    if getattr(settings, "redis_cert_file", None):
+        options["ssl_certfile"] = settings.redis_cert_file  # type: ignore[attr-defined]
+        options["ssl_keyfile"] = getattr(settings, "redis_key_file", None) or None
+    return options
