@@ -420,9 +420,11 @@ async def test_the_readme_publishing_example() -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stderr == ""
-        frames = await client.notifications(2)
-        assert [(n["id"], n["data"]) for n in frames] == [
-            ("order-1234-shipped", {"text": "Your order shipped"}),
-            (result.stdout.strip(), {"text": "from asyncio"}),
+        frames = await client.notifications(3)
+        assert [n["data"] for n in frames] == [
+            {"text": "Your order shipped"},
+            {"code": "493817"},
+            {"text": "from asyncio"},
         ]
+        assert (frames[0]["id"], frames[2]["id"]) == ("order-1234-shipped", result.stdout.strip())
         await client.close()
