@@ -283,9 +283,15 @@ class Stalling:
 
     # Broker
     async def publish(
-        self, topic: str, data: Any, *, message_id: str | None = None, ttl: float | None = None
+        self,
+        topic: str,
+        data: Any,
+        *,
+        message_id: str | None = None,
+        ttl: float | None = None,
+        priority: int | None = None,
     ) -> Receipt:
-        return await self.inner.broker.publish(topic, data, message_id=message_id, ttl=ttl)
+        return await self.inner.broker.publish(topic, data, message_id=message_id, ttl=ttl, priority=priority)
 
     async def subscribe(self, topics: Sequence[str]) -> Subscription:
         if self.what == "subscribe" and self.stall.topic in topics:
