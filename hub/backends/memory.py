@@ -108,6 +108,12 @@ class MemoryHistory:
             keys = [k for k, _ in stream.entries]
             at = bisect.bisect_left(keys, key)
             is_entry = at < len(keys) and keys[at] == key
+            if key != (0, 0) and stream.max_deleted == (0, 0) and keys and key < keys[0]:
+                # An offset from before this stream began (the previous life of a restarted
+                # embedded hub): everything retained came after it, so it is replayed, and
+                # what that earlier life held is gone (docs/protocol.md §5).
+                result[topic] = HistoryRead([n for _, n in stream.entries], complete=False)
+                continue
             if not issued_here(key, last=stream.last, max_deleted=stream.max_deleted, is_entry=is_entry, now=now):
                 result[topic] = HistoryRead([], complete=False, latest=format_offset(*stream.last))
                 continue
