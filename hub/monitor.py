@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
-if TYPE_CHECKING:
-    from hub.node import Node
+from hub.backends.base import Backend
+from hub.metrics import Metrics
 
 log = logging.getLogger("hub.monitor")
 
@@ -23,11 +23,22 @@ log = logging.getLogger("hub.monitor")
 INTERVAL: Final = 5.0
 
 
+class Watched(Protocol):
+    """What the monitor looks at: a replica's readiness, metrics and backend (``hub.node.Node``)."""
+
+    metrics: Metrics
+
+    @property
+    def backend(self) -> Backend: ...
+
+    async def ready(self) -> dict[str, str | None]: ...
+
+
 class Monitor:
     """Runs ``look`` every ``interval`` seconds until ``stop``; each look is bounded by the
     backend's own deadlines (``backend_timeout``)."""
 
-    def __init__(self, node: Node, interval: float = INTERVAL) -> None:
+    def __init__(self, node: Watched, interval: float = INTERVAL) -> None:
         self._node = node
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
