@@ -198,7 +198,12 @@ class DistributedBackend:
         stats: dict[str, Any] = {}
         if self._broker is not None:
             broker = self._broker
-            stats.update(overflows=broker.overflows, dropped=broker.dropped, restore_failures=broker.restore_failures)
+            stats.update(
+                overflows=broker.overflows,
+                dropped=broker.dropped,
+                restore_failures=broker.restore_failures,
+                outage_closes=broker.outage_closes,
+            )
         if self._history is not None:
             stats["history_skipped"] = self._history.skipped
         if self._sequencer is not None:

@@ -75,6 +75,10 @@ class LiveBroker:
         self.overflows = 0
         self.restores = 0
         self.restore_failures = 0
+        self.outage_closes = 0
+        self._up = asyncio.Event()  # connected, channels restored (cleared when the connection drops)
+        self._outage: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def restore_deadline(self) -> float:
@@ -95,6 +99,33 @@ class LiveBroker:
             self._slots.append(slot)
         overflow = await self._slots[0].robust.declare_queue(self.overflow_queue, exclusive=True, auto_delete=True)
         await overflow.consume(self._on_overflow, no_ack=True)
+        self._up.set()
+        self._connection.close_callbacks.add(self._dropped)
+        self._connection.reconnect_callbacks.add(self._reconnected)
+
+    def _dropped(self, *args: Any) -> None:
+        """The connection to RabbitMQ dropped: sockets wait ``broker_outage_close`` seconds for
+        a node to answer again (this one or another of the cluster), then are closed with 1013."""
+        self._up.clear()
+        if not self._closing and (self._outage is None or self._outage.done()):
+            self._outage = self._spawn(self._outage_watch(), "hub-broker-outage")
+
+    def _reconnected(self, *args: Any) -> None:
+        self._up.set()
+
+    async def _outage_watch(self) -> None:
+        grace = self.settings.broker_outage_close
+        try:
+            async with asyncio.timeout(grace):
+                await self._up.wait()
+            return
+        except TimeoutError:
+            pass
+        lost = [s for slot in self._slots for s in list(slot.subscriptions.values()) if not s.closed]
+        log.warning("no RabbitMQ node answered for %g s: closing %d sockets with 1013", grace, len(lost))
+        self.outage_closes += len(lost)
+        for subscription in lost:
+            subscription.lose(f"no RabbitMQ node reachable for {grace:g} s")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run ``work`` in the background, kept until done and awaited by ``close``."""
@@ -183,6 +214,7 @@ class LiveBroker:
 
     async def close(self) -> None:
         """Stop background work; closing the connection then deletes every exclusive queue."""
+        self._closing = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
