@@ -46,6 +46,7 @@ class BlockingPublisher:
         redis_prefix: str = DEFAULT_PREFIX,
         ssl_context: ssl.SSLContext | None = None,
         redis_tls: Mapping[str, Any] | None = None,
+        mandatory: bool = True,
     ) -> None:
         self._timeout = timeout
         self._publisher = Publisher(
@@ -57,6 +58,7 @@ class BlockingPublisher:
             redis_prefix=redis_prefix,
             ssl_context=ssl_context,
             redis_tls=redis_tls,
+            mandatory=mandatory,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="hubnotify-publisher", daemon=True)
