@@ -40,6 +40,7 @@ from hub.backends.live_queues import AmqpSubscription, ChannelSlot
 from hub.backends.topology import declare_topology as declare_topology  # re-exported: moved to topology.py
 from hub.notification import Notification, now_ms
 from hub.settings import Settings
+from hubnotify.confirm import ConfirmingExchange
 
 log = logging.getLogger("hub.rabbitmq")
 
@@ -69,7 +70,7 @@ class LiveBroker:
         self._slots: list[ChannelSlot] = []
         self._next = 0
         self._publish_channel: AbstractRobustChannel | None = None
-        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._confirming: ConfirmingExchange | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
         self.overflows = 0
@@ -87,9 +88,8 @@ class LiveBroker:
 
     async def start(self) -> None:
         """Open the channel pool and the overflow consumer."""
-        self._publish_channel = channel = await self._connection.channel(publisher_confirms=True)
-        assert self._publish_channel is not None
-        self._exchange = await channel.get_exchange(self.settings.exchange, ensure=False)
+        self._confirming = ConfirmingExchange(self._open_exchange)
+        await self._confirming.start()
         for _ in range(CHANNEL_POOL):
             robust: AbstractRobustChannel = await self._connection.channel(publisher_confirms=False)
             await robust.set_qos(prefetch_count=self.settings.prefetch)
@@ -126,6 +126,11 @@ class LiveBroker:
         self.outage_closes += len(lost)
         for subscription in lost:
             subscription.lose(f"no RabbitMQ node reachable for {grace:g} s")
+
+    async def _open_exchange(self) -> aio_pika.abc.AbstractExchange:
+        """A confirming channel (returns raise) and its handle on ``notifications``; again when it nacks."""
+        self._publish_channel = channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        return await channel.get_exchange(self.settings.exchange, ensure=False)
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run ``work`` in the background, kept until done and awaited by ``close``."""
@@ -255,15 +260,17 @@ class LiveBroker:
         """Confirmed, persistent publish to ``notifications``; the sequencer assigns the offset.
 
         Raises BackendUnavailable when the broker does not confirm within ``backend_timeout``:
-        the message may still have been taken, so a retry should reuse ``message_id``.
+        the message may still have been taken, so a retry should reuse ``message_id``. Within
+        it, a nacked publish goes again on a fresh channel, and (history on: ``hub.ingest``
+        takes every topic) a returned one again, as ``hubnotify.confirm`` says.
         """
-        assert self._exchange is not None
+        assert self._confirming is not None
         message, id = wire.build_message(data, message_id=message_id, ttl=ttl, priority=priority)
         self._connected()
         timeout = self.settings.backend_timeout
+        mandatory = self.settings.history_enabled
         try:
-            async with asyncio.timeout(timeout):
-                await self._exchange.publish(message, routing_key=topic, mandatory=False)
+            await self._confirming.publish(message, topic, mandatory=mandatory, seconds=timeout)
         except TimeoutError as exc:
             raise BackendUnavailable(f"RabbitMQ did not confirm the publish within {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:

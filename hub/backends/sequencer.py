@@ -209,11 +209,21 @@ class Sequencer:
             await self._process(batch, dead)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, RedisError) as exc:
             log.warning("sequencer batch of %d not done, will try again: %r", len(batch), exc)
+            if isinstance(exc, aiormq.exceptions.DeliveryError):
+                await self._replace_channel()
         except Exception:
             log.exception("sequencer batch of %d failed; will try again", len(batch))
         else:
             return True
         return False
+
+    async def _replace_channel(self) -> None:
+        """A publish was nacked: a channel may nack every publish until it is replaced (one
+        opened while a quorum queue elected its leader). Closing its underlay makes aio-pika
+        reopen it (``_reopened`` consumes again); the batch's messages come back redelivered."""
+        assert self._channel is not None
+        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            await (await self._channel.get_underlay_channel()).close()
 
     async def _back_off(self) -> None:
         self._failures += 1
