@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import aio_pika
+import aiormq
 import pytest
 
 from hub.settings import ConfigError, Settings
@@ -73,6 +75,52 @@ async def test_a_short_outage_keeps_the_sockets() -> None:
         assert (frame["type"], frame["data"]) == ("notification", "after"), frame
         assert backend.broker.outage_closes == 0
         await client.close()
+
+
+async def test_a_locked_queue_after_a_reconnect_closes_the_sockets_1013() -> None:
+    """RESOURCE_LOCKED on the way back (on a cluster: a survivor still holds the dead node's
+    exclusive queue): the restore is retried, the sockets are closed with 1013 once
+    ``HUB_BROKER_OUTAGE_CLOSE`` passed, never left silent; once the lock goes, the hub serves."""
+    async with (
+        environment() as env,
+        proxied(env["HUB_AMQP_URL"]) as proxy,
+        run_hub(
+            "distributed",
+            env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port), "HUB_BROKER_OUTAGE_CLOSE": "3"},
+            backend_timeout=1.0,
+        ) as hub,
+    ):
+        backend: Any = hub.node.backend
+        client = await hub.connect("locked1")
+        proxy.cut()
+        await wait_for(lambda: not backend.broker._up.is_set(), what="the hub to see the drop")
+        holder = await aio_pika.connect(env["HUB_AMQP_URL"])
+        try:
+            channel = await holder.channel()
+
+            async def taken() -> bool:  # the broker drops the hub's exclusive queue with its connection
+                nonlocal channel
+                try:
+                    await channel.declare_queue(backend.broker.overflow_queue, exclusive=True, auto_delete=True)
+                except aiormq.exceptions.ChannelLockedResource:
+                    channel = await holder.channel()  # the refusal closed the channel
+                    return False
+                return True
+
+            await wait_for(taken, what="the hub's exclusive queue to be free")
+            proxy.restore()
+            closed = await client.closed(timeout=30)
+            assert closed.code == 1013, closed
+            assert backend.broker.outage_closes == 1
+            assert not backend.broker._up.is_set()  # still refused (RESOURCE_LOCKED) while we hold it
+        finally:
+            await holder.close()
+        await wait_for(lambda: backend.broker._up.is_set(), timeout=30, what="the hub to reconnect")
+        again = await hub.connect("locked1")
+        await hub.publish("locked1", "unlocked")
+        frame = await again.recv(timeout=30)
+        assert frame["data"] == "unlocked", frame
+        await again.close()
 
 
 async def test_a_dead_node_first_in_the_list_is_skipped() -> None:
