@@ -137,6 +137,20 @@ async def test_a_dead_node_first_in_the_list_is_skipped() -> None:
             await client.close()
 
 
+async def test_a_classic_ingest_keeps_working_under_a_quorum_configuration() -> None:
+    """An existing classic ``hub.ingest``: a replica configured for quorum uses it as it is."""
+    async with environment() as env:
+        async with run_hub("distributed", env=env):
+            pass  # the classic queue, as an existing deployment has it
+        quorum = {**env, "HUB_INGEST_QUEUE_TYPE": "quorum", "HUB_INGEST_MAX_PRIORITY": "0"}
+        async with run_hub("distributed", env=quorum) as hub:
+            client = await hub.connect("mig1")
+            await hub.publish("mig1", "still sequenced")
+            frame = await client.recv(timeout=30)
+            assert (frame["data"], frame["offset"] is not None) == ("still sequenced", True), frame
+            await client.close()
+
+
 def test_quorum_ingest_with_priorities_is_refused() -> None:
     with pytest.raises(ConfigError, match="HUB_INGEST_MAX_PRIORITY=0"):
         Settings.from_env({"HUB_INGEST_QUEUE_TYPE": "quorum"})
