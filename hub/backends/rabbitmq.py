@@ -19,6 +19,11 @@ subscriptions and a background restorer declares their queues again (fresh names
 each is restored (it raises ``SubscriptionGap`` once, so the session back-fills from
 history whatever the old, deleted queue held) or its deadline passes (it raises
 ``SubscriptionLost``: the socket is closed with 1013, never left open and silent).
+With several node URLs the connection moves to another node of the cluster
+(``hubnotify.failover``); while none answers, sockets are lost after
+``broker_outage_close`` seconds (1013), not left silent. Publishes go through
+``hubnotify.confirm`` (a nack: a fresh channel; with history on, ``mandatory``: a
+returned message is published again), within ``backend_timeout``.
 """
 
 from __future__ import annotations
