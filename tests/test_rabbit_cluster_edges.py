@@ -3,7 +3,9 @@
 - no RabbitMQ node reachable at all: open sockets are closed with 1013 after
   ``HUB_BROKER_OUTAGE_CLOSE`` seconds, not left silent (a TCP proxy the test cuts);
 - ``HUB_AMQP_URL`` with several nodes: the first that answers is used, a dead one skipped;
-- ``HUB_INGEST_QUEUE_TYPE=quorum`` with priorities is refused at start-up with one line.
+- RESOURCE_LOCKED on the way back: bounded too, 1013, then the hub serves again;
+- ``HUB_INGEST_QUEUE_TYPE=quorum`` with priorities is refused at start-up with one line;
+  an existing classic ``hub.ingest`` keeps working under a quorum configuration.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import aio_pika
 import aiormq
 import pytest
 
-from hub.settings import ConfigError, Settings
+from hub.settings import ConfigError, Settings, redact_url
 from hubnotify import Publisher
+from hubnotify.failover import split_urls
 from testkit.net import free_port
 from tests.distributed_env import environment
 from tests.harness import run_hub, wait_for
@@ -158,3 +161,10 @@ def test_quorum_ingest_with_priorities_is_refused() -> None:
         Settings.from_env({"HUB_INGEST_QUEUE_TYPE": "stream"})
     settings = Settings.from_env({"HUB_INGEST_QUEUE_TYPE": "quorum", "HUB_INGEST_MAX_PRIORITY": "0"})
     assert settings.ingest_queue_type == "quorum"
+
+
+def test_node_lists_are_split_and_redacted() -> None:
+    assert split_urls(" amqp://a/ , amqp://b/,") == ["amqp://a/", "amqp://b/"]
+    with pytest.raises(ValueError, match="one or more AMQP URLs"):
+        split_urls(" , ")
+    assert redact_url("amqp://u:secret@a/,amqp://u:secret@b/") == "amqp://u:***@a/,amqp://u:***@b/"
