@@ -126,6 +126,53 @@ async def test_a_locked_queue_after_a_reconnect_closes_the_sockets_1013() -> Non
         await again.close()
 
 
+async def reject_everything(env: dict[str, str], exchange: str, topic: str) -> aio_pika.abc.AbstractRobustConnection:
+    """A full ``reject-publish`` queue bound to ``topic`` on ``exchange``: RabbitMQ nacks every
+    publish routed to it (the way a channel can nack while a quorum queue elects a leader)."""
+    connection = await aio_pika.connect_robust(env["HUB_AMQP_URL"])
+    channel = await connection.channel()
+    blocker = await channel.declare_queue(
+        f"blocker.{topic}", exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    await blocker.bind(exchange, topic)
+    return connection
+
+
+async def test_nacked_api_publishes_replace_the_channel_then_succeed() -> None:
+    async with environment() as env, run_hub("distributed", env=env, backend_timeout=1.0) as hub:
+        backend: Any = hub.node.backend
+        client = await hub.connect("nack1")
+        blocker = await reject_everything(env, env["HUB_EXCHANGE"], "user.nack1")
+        body = {"user": "nack1", "data": "nacked", "id": "nack-1"}
+        refused = await hub.api("POST", "/api/publish", json=body)
+        assert refused.status_code == 503, refused.text  # nacked until the deadline
+        confirming = backend.broker._confirming
+        assert (confirming.nacks, confirming.replaced) >= (2, 1), (confirming.nacks, confirming.replaced)
+        await blocker.close()  # the exclusive queue goes with its connection
+        accepted = await hub.api("POST", "/api/publish", json=body)  # again, the same id
+        assert accepted.status_code == 200, accepted.text
+        frame = await client.recv(timeout=30)
+        assert (frame["id"], frame["data"]) == ("nack-1", "nacked"), frame
+        await client.expect_silence(0.5)  # once, though RabbitMQ took earlier tries into hub.ingest
+        await client.close()
+
+
+async def test_nacked_live_publishes_make_the_sequencer_replace_its_channel(caplog: pytest.LogCaptureFixture) -> None:
+    async with environment() as env, run_hub("distributed", env=env, backend_timeout=1.0) as hub:
+        client = await hub.connect("nack2")
+        blocker = await reject_everything(env, env["HUB_LIVE_EXCHANGE"], "user.nack2")
+        await hub.publish("nack2", "first", id="live-1")
+        await wait_for(
+            lambda: "DeliveryError" in caplog.text, timeout=30, what="the sequencer to see its live publish nacked"
+        )
+        await blocker.close()
+        await hub.publish("nack2", "second", id="live-2")
+        frames = await client.notifications(2, timeout=30)
+        assert [f["id"] for f in frames] == ["live-1", "live-2"], frames
+        await client.expect_silence(0.5)
+        await client.close()
+
+
 async def test_a_dead_node_first_in_the_list_is_skipped() -> None:
     """The hub and the publish helper connect to the first node that answers."""
     async with environment() as env:
