@@ -67,8 +67,10 @@ class FailoverConnection(aio_pika.RobustConnection):
     async def _on_connection_close(self, closing: Any) -> None:
         if self.connected.is_set() and not (self._close_called or self.is_closed) and len(self._urls) > 1:
             # A connection that was up is lost; its node may be gone: begin with the next one.
+            lost = self._urls[self._index]
             self._index = (self._index + 1) % len(self._urls)
             self.failovers += 1
+            log.warning("lost RabbitMQ node %s:%s; reconnecting, from the next node", lost.host, lost.port)
         await super()._on_connection_close(closing)
 
     async def _RobustConnection__connect_transport(self) -> None:
@@ -82,7 +84,7 @@ class FailoverConnection(aio_pika.RobustConnection):
             try:
                 await _connect_transport(self)
             except CONNECTION_EXCEPTIONS as exc:
-                log.info("RabbitMQ node %s:%s not reachable: %r", self.url.host, self.url.port, exc)
+                log.debug("RabbitMQ node %s:%s not reachable: %r", self.url.host, self.url.port, exc)
                 error = exc
                 continue
             return
