@@ -5,8 +5,9 @@ distribution ports (``free_port``), data and log directories; the nodes share on
 ``HOME`` (so one Erlang cookie of their own, which the shared node on 5672 does not know).
 The nodes start concurrently, then every node but the first runs ``join_cluster`` against
 the first. ``kill`` sends SIGKILL to one node's process group (a crash, not a clean stop),
-``restart`` brings it back into the cluster, ``quorum_leader`` names the node leading a
-quorum queue, ``stop`` ends every node and removes the directory.
+``restart`` brings it back into the cluster (``restart_dead``: every node that is down,
+at once), ``quorum_leader`` names the node leading a quorum queue, ``stop`` ends every
+node and removes the directory.
 
 Usage::
 
@@ -118,6 +119,15 @@ class RabbitCluster:
         assert not node.alive, f"expected {node.node} to be down"
         node.start()
         node.wait()
+
+    def restart_dead(self) -> None:
+        """Start every node that is down, all at once, and wait for them: nodes that all
+        went down wait for each other's tables at start-up, so one at a time could stall."""
+        dead = [node for node in self.nodes if not node.alive]
+        for node in dead:
+            node.start()
+        for node in dead:
+            node.wait()
 
     def stop(self) -> None:
         """Stop every node and remove the cluster's directory; idempotent."""

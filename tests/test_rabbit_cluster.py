@@ -55,9 +55,7 @@ def rabbits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]
 
 def heal(rabbits: RabbitCluster) -> None:
     """Restart every killed node: the next test starts on three nodes again."""
-    for node in rabbits.nodes:
-        if not node.alive:
-            rabbits.restart(node)
+    rabbits.restart_dead()
 
 
 def cluster_env(rabbits: RabbitCluster, first: ClusterNode) -> dict[str, str]:
