@@ -273,5 +273,36 @@ async def test_hub_publishes_recover_while_the_ingest_leader_moves(
         await client.close()
 
 
+async def test_every_node_down_closes_the_sockets_then_the_hub_serves_again(
+    on_cluster: tuple[RabbitCluster, dict[str, str]],
+) -> None:
+    """No node at all: the open socket is closed with 1013 after ``HUB_BROKER_OUTAGE_CLOSE``
+    (not left silent); once the nodes are back, the hub reconnects by itself and serves
+    sockets (the sequencer's consume no longer holds the connection's restore)."""
+    rabbits, env = on_cluster
+    env["HUB_BROKER_OUTAGE_CLOSE"] = "3"
+    async with run_hub("distributed", env=env, backend_timeout=2.0) as hub:
+        backend: Any = hub.node.backend
+        client = await hub.connect("down1")
+        before = await hub.publish("down1", "before")
+        assert (await client.recv(timeout=LIMIT))["id"] == before["id"]
+        for node in rabbits.nodes:
+            rabbits.kill(node)
+        killed = time.monotonic()
+        closed = await client.closed(timeout=LIMIT)
+        took = time.monotonic() - killed
+        assert closed.code == 1013, closed
+        await asyncio.to_thread(rabbits.restart_dead)
+        await wait_for(lambda: backend.broker._up.is_set(), timeout=3 * LIMIT, what="the hub to reconnect")
+        back = time.monotonic() - killed
+        again = await hub.connect("down1", since={"user.down1": "0-0"})  # the live path serves again
+        print(
+            f"\nevery node killed: socket closed 1013 after {took:.2f} s (HUB_BROKER_OUTAGE_CLOSE=3); "
+            f"nodes restarted; hub reconnected and serving sockets {back:.2f} s after the kill"
+        )
+        # Not asserted: the quorum ingest serving again (see the report: it did not within 90 s).
+        await again.close()
+
+
 async def _true(value: bool) -> bool:
     return value

@@ -59,6 +59,8 @@ RETRY_MAX = 2.0
 REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, OSError)
 #: Messages whose delivery count is remembered at most (the oldest are forgotten first).
 MAX_COUNTED = 10_000
+#: A consume after a reconnect not answered within this many ``backend_timeout`` is tried again.
+CONSUME_DEADLINES = 3
 
 
 @dataclass(slots=True)
@@ -84,6 +86,7 @@ class Sequencer:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resubscribing: asyncio.Task[None] | None = None
+        self._consuming: asyncio.Task[None] | None = None
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
         self._attempts: OrderedDict[str, int] = OrderedDict()
@@ -113,7 +116,25 @@ class Sequencer:
         await underlay.basic_consume(self._settings.ingest_queue, self._on_message)
 
     async def _reopened(self, channel: Any) -> None:
-        await self._consume()
+        # In the background: aio-pika awaits this inside the connection's restore, and a
+        # consume on a quorum queue without a leader yet (every node restarted) may never be
+        # answered: awaited here, it would hold the whole connection, live path included.
+        if self._task is not None and (self._consuming is None or self._consuming.done()):
+            self._consuming = asyncio.create_task(self._consume_again(), name="hub-sequencer-consume")
+
+    async def _consume_again(self) -> None:
+        """Consume on the reopened channel, each try bounded (a cancelled consume closes the
+        channel, which aio-pika reopens), until it is answered or the sequencer stops."""
+        delay = RETRY_FIRST
+        while self._task is not None:
+            try:
+                async with asyncio.timeout(CONSUME_DEADLINES * self._settings.backend_timeout):
+                    await self._consume()
+                return
+            except Exception as exc:  # no answer, or the channel went: try again
+                log.warning("could not consume %s again yet: %r", self._settings.ingest_queue, exc)
+                await asyncio.sleep(delay)  # backoff, not synchronisation
+                delay = min(delay * 2, RETRY_MAX)
 
     async def _cancelled(self, frame: Any) -> None:
         """The broker cancelled the consumer (the queue was deleted): declare, bind, consume
@@ -141,12 +162,12 @@ class Sequencer:
 
     async def close(self) -> None:
         """Stop the loop (unacked messages go back to the queue for the next sequencer)."""
-        for task in (self._resubscribing, self._task):
+        for task in (self._resubscribing, self._consuming, self._task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._resubscribing = None
+        self._task = self._resubscribing = self._consuming = None
 
     @property
     def inflight(self) -> int:
