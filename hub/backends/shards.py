@@ -216,6 +216,7 @@ class ShardCoordinator:
             "ingest_lag_seconds": max((s.stats.last_lag_ms for s in running), default=0) / 1000,
             "sequencer_inflight": sum(s.inflight for s in running),
             "shards": {shard: shard in self._sequencers for shard in range(self._settings.ingest_shards)},
+            "shard_sequenced": {shard: s.stats.sequenced for shard, s in self._sequencers.items()},
             "shards_held": len(self._sequencers),
             "shard_members": len(self.members),
         }
