@@ -47,7 +47,10 @@ class Settings:
         "replica, and conn_id/user for a socket's lines)",
     )
     amqp_url: str | None = _setting(
-        None, "RabbitMQ URL; with `HUB_REDIS_URL` selects the distributed backend", url=True
+        None,
+        "RabbitMQ URL, or a cluster's node URLs separated by commas (the hub fails over between them); "
+        "with `HUB_REDIS_URL` selects the distributed backend",
+        url=True,
     )
     redis_url: str | None = _setting(None, "Redis URL; with `HUB_AMQP_URL` selects the distributed backend", url=True)
     amqp_ca_file: str | None = _setting(
@@ -105,6 +108,17 @@ class Settings:
         9,
         "`x-max-priority` of `hub.ingest`: publishes with a higher AMQP priority (0-9) overtake a backlog; "
         "`0`: a classic queue (priorities ignored). Fixed when the queue is created (docs/operations.md §5)",
+    )
+    ingest_queue_type: str = _setting(
+        "classic",
+        "`classic` or `quorum`: the type of `hub.ingest`; a quorum queue survives the loss of a RabbitMQ "
+        "cluster node, and needs `HUB_INGEST_MAX_PRIORITY=0` (RabbitMQ 3.10 has no quorum priorities). "
+        "Fixed when the queue is created (docs/operations.md, RabbitMQ cluster)",
+    )
+    broker_outage_close: float = _setting(
+        10.0,
+        "seconds open sockets wait while no RabbitMQ node is reachable; then they are closed with 1013 "
+        "(the client reconnects and resumes)",
     )
     delivery_limit: int = _setting(5, "deliveries of one ingest message before it is dead-lettered")
     exchange: str = _setting(EXCHANGE, "the publishers' topic exchange")
@@ -221,6 +235,13 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
         if not 0 <= self.ingest_max_priority <= 9:
             raise ConfigError(f"HUB_INGEST_MAX_PRIORITY: expected 0 to 9, got {self.ingest_max_priority}")
+        if self.ingest_queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"HUB_INGEST_QUEUE_TYPE: expected `classic` or `quorum`, got {self.ingest_queue_type!r}")
+        if self.ingest_queue_type == "quorum" and self.ingest_max_priority > 0:
+            raise ConfigError(
+                "HUB_INGEST_QUEUE_TYPE=quorum needs HUB_INGEST_MAX_PRIORITY=0: quorum queues on RabbitMQ 3.10 "
+                f"have no priorities (x-max-priority), got HUB_INGEST_MAX_PRIORITY={self.ingest_max_priority}"
+            )
         for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative, got {getattr(self, name)}")
@@ -264,6 +285,7 @@ _POSITIVE = (
     "ingest_max_length",
     "delivery_limit",
     "ingest_shards",
+    "broker_outage_close",
     "ping_interval",
     "max_frame_size",
     "max_frame_rate",
@@ -299,7 +321,10 @@ def is_loopback(host: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and error messages)."""
+    """``url`` with its password replaced by ``***`` (for logs and error messages); each of
+    several comma-separated URLs (a RabbitMQ cluster's nodes)."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     try:
         parts = urlsplit(url)
         if parts.password is None:

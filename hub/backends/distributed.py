@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 import aiormq
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
@@ -37,6 +36,7 @@ from hub.backends.shards import ShardCoordinator
 from hub.backends.topology import declare_topology
 from hub.settings import Settings, redact_url
 from hub.tls import amqp_ssl_context, redis_ssl_options
+from hubnotify.failover import FailoverConnection, split_urls
 
 log = logging.getLogger("hub.distributed")
 
@@ -131,8 +131,9 @@ class DistributedBackend:
         # Built here rather than by connect_robust, so that a failed first attempt can be
         # closed (its reconnection task stopped); ``timeout`` bounds every later attempt
         # too, so a reconnect to a port that accepts TCP and never speaks AMQP gives up.
-        self._connection = connection = aio_pika.RobustConnection(
-            aio_pika.connection.make_url(settings.amqp_url),
+        # One URL, or a cluster's nodes comma-separated: FailoverConnection moves between them.
+        self._connection = connection = FailoverConnection(
+            split_urls(settings.amqp_url),
             client_properties={"connection_name": f"hub {settings.replica_id}"},
             reconnect_interval=RECONNECT_INTERVAL,
             ssl_context=amqp_ssl_context(settings),

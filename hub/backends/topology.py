@@ -10,7 +10,9 @@
   (``x-overflow: drop-head``): the newest notifications are worth the most, and
   publishers keep working while no sequencer runs. Expired and dropped messages go to
   ``hub.dead`` (``x-death`` says why). A priority queue (``x-max-priority``,
-  ``HUB_INGEST_MAX_PRIORITY``): urgent notifications leave a backlog first.
+  ``HUB_INGEST_MAX_PRIORITY``): urgent notifications leave a backlog first. With
+  ``HUB_INGEST_QUEUE_TYPE=quorum`` a quorum queue instead (``x-queue-type``), replicated
+  over a RabbitMQ cluster, without priorities.
 
 Queue arguments cannot change once a queue exists: RabbitMQ refuses the declare
 (PRECONDITION_FAILED) and closes the channel. A ``hub.ingest`` declared by an older hub
@@ -61,7 +63,11 @@ def ingest_arguments(settings: Settings) -> dict[str, Any]:
     }
     if settings.history_ttl > 0:
         arguments["x-message-ttl"] = settings.history_ttl * 1000
-    if settings.ingest_max_priority > 0:
+    if settings.ingest_queue_type == "quorum":
+        # Replicated over the cluster's nodes: survives the loss of a minority of them. No
+        # x-max-priority (settings refuse a priority with quorum: RabbitMQ 3.10 has none).
+        arguments["x-queue-type"] = "quorum"
+    elif settings.ingest_max_priority > 0:
         arguments["x-max-priority"] = settings.ingest_max_priority
     return arguments
 

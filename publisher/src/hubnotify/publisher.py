@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Protocol
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from hubnotify.failover import connect_failover
 from hubnotify.message import EXCHANGE, build_message, declare_exchange
 from hubnotify.presence import DEFAULT_PREFIX, import_redis, online_many_async
 from hubnotify.topics import InvalidTopic, as_user_id, user_topic, validate_topic
@@ -111,9 +111,10 @@ class Publisher:
             if self._connection is not None:
                 return
             deadline = None if self._timeout is None else asyncio.get_running_loop().time() + self._timeout
-            # aio-pika's own connect timeout, not a cancellation: a cancelled connect_robust
-            # schedules a reconnection of the connection it was making.
-            connection = await aio_pika.connect_robust(self._url, timeout=self._timeout, ssl_context=self._ssl_context)
+            # aio-pika's own connect timeout, not a cancellation: a cancelled connect
+            # schedules a reconnection of the connection it was making. Several
+            # comma-separated URLs: the first node that answers, another when it dies.
+            connection = await connect_failover(self._url, attempt_timeout=self._timeout, ssl_context=self._ssl_context)
             try:
                 async with asyncio.timeout_at(deadline):
                     exchange = await _open_exchange(connection, self._exchange_name)
