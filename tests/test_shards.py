@@ -61,7 +61,9 @@ def test_shards_must_be_positive() -> None:
 async def test_without_the_plugin_start_up_fails_naming_it() -> None:
     """The shared broker has no plugins: a sharded hub refuses to start and says what to enable."""
     async with environment() as env:
-        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY, "HUB_INGEST_SHARDS": "3"})
+        settings = Settings.from_env(
+            {**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY, "HUB_INGEST_SHARDS": "3"}
+        )
         backend = DistributedBackend(settings)
         with pytest.raises(BackendUnavailable, match="rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"):
             await backend.start()

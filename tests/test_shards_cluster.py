@@ -69,9 +69,7 @@ async def test_per_topic_order_with_four_shards(env: dict[str, str]) -> None:
         async def publish(k: int) -> None:
             async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
                 for r in range(rounds):
-                    await publisher.publish_many(
-                        [{"user": u, "data": [k, r], "id": f"{u}-{k}-{r}"} for u in users]
-                    )
+                    await publisher.publish_many([{"user": u, "data": [k, r], "id": f"{u}-{k}-{r}"} for u in users])
 
         await asyncio.gather(*(publish(k) for k in range(publishers)))
         for client in clients:
@@ -155,7 +153,9 @@ async def test_spread_a_killed_replica_and_a_joining_one(env: dict[str, str], tm
             nonlocal published
             async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
                 while not stop.is_set():
-                    await publisher.publish_many([{"user": u, "data": published, "id": f"{u}-{published}"} for u in users])
+                    await publisher.publish_many(
+                        [{"user": u, "data": published, "id": f"{u}-{published}"} for u in users]
+                    )
                     published += 1
                     await asyncio.sleep(0.05)  # the load's pace, not synchronisation
 
