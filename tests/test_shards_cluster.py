@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from websockets.asyncio.client import connect
@@ -84,6 +85,32 @@ async def test_per_topic_order_with_four_shards(env: dict[str, str]) -> None:
         per_shard = backend.stats()["shard_sequenced"]
         print(f"\nnotifications sequenced per shard: {per_shard}")
         assert all(per_shard[shard] > 0 for shard in range(4)), per_shard
+
+
+async def test_changing_the_shard_count_leaves_no_queue_filling_unread(env: dict[str, str]) -> None:
+    """1 → 4 → 2 shards: the queues of the previous count are unbound, so nothing new lands
+    where nobody sequences; every notification published after each change is delivered."""
+    users = [f"c{i}" for i in range(20)]
+    stray: dict[int, list[str]] = {
+        1: [],
+        4: [env["HUB_INGEST_QUEUE"]],
+        2: [f"{env['HUB_INGEST_QUEUE']}.{k}" for k in (2, 3)],
+    }
+    for step, shards in enumerate((1, 4, 2)):
+        async with run_hub("distributed", env={**env, "HUB_INGEST_SHARDS": str(shards)}) as hub:
+            clients = [await hub.connect(user) for user in users]
+            async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
+                await publisher.publish_many([{"user": u, "data": step, "id": f"{u}-{step}"} for u in users])
+            for client in clients:
+                (frame,) = await client.notifications(1)
+                assert frame["data"] == step
+                await client.close()
+            connection = await aio_pika.connect(env["HUB_AMQP_URL"])
+            async with connection:
+                channel = await connection.channel()
+                for queue in stray[shards]:
+                    declared = await channel.declare_queue(queue, passive=True)
+                    assert declared.declaration_result.message_count == 0, f"{queue} still bound"
 
 
 def _serve(env: dict[str, str], port: int, replica: str, logs: Path) -> subprocess.Popen[bytes]:

@@ -19,8 +19,10 @@ rabbitmq_consistent_hash_exchange``); without it the broker refuses the exchange
 with a connection error, which ``declare_shards`` turns into one line saying so.
 
 A ``hub.ingest`` left from a one-shard deployment is unbound from the publishers'
-exchange (it would otherwise fill with a copy of everything); what it still holds is
-sequenced by replicas still running with one shard (docs/operations.md, Sharded sequencing).
+exchange (it would otherwise fill with a copy of everything), and so are shard queues
+beyond N left from a deployment with more shards (they would fill with a share nobody
+sequences); what they still hold is sequenced by replicas still running with the old
+count (docs/operations.md, Sharded sequencing).
 """
 
 from __future__ import annotations
@@ -86,28 +88,34 @@ async def declare_shards(channel: AbstractChannel, settings: Settings) -> None:
     for queue in ingest_queues(settings):
         declared = await declare_ingest(channel, settings, queue)
         await declared.bind(exchange, weight)
-    await _unbind_single(channel, settings)
+    await _unbind(channel, settings.ingest_queue, settings.exchange, "#")
+    shard = settings.ingest_shards
+    while await _unbind(channel, f"{settings.ingest_queue}.{shard}", exchange, weight):
+        shard += 1
 
 
-async def _unbind_single(channel: AbstractChannel, settings: Settings) -> None:
-    """Unbind a one-shard ``hub.ingest`` from the publishers' exchange, if there is one.
+async def _unbind(channel: AbstractChannel, queue: str, exchange: str, routing_key: str) -> bool:
+    """Unbind ``queue``, left from a deployment with another shard count, if it exists;
+    whether it did (its waiting messages are sequenced by replicas still running with that
+    count: docs/operations.md, Sharded sequencing).
 
     On a throwaway channel: a queue that does not exist makes the broker close the channel.
     """
     underlay = await channel.get_underlay_channel()
     probe = await underlay.connection.channel(publisher_confirms=False)
     try:
-        declared = await probe.queue_declare(settings.ingest_queue, passive=True)
-        await probe.queue_unbind(settings.ingest_queue, settings.exchange, "#")
+        declared = await probe.queue_declare(queue, passive=True)
+        await probe.queue_unbind(queue, exchange, routing_key)
     except aiormq.exceptions.ChannelNotFoundEntity:
-        return
+        return False
     finally:
         with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError):
             await probe.close()
     log.warning(
-        "%s (one shard) unbound from %s: sharded now; its %d waiting messages are sequenced only by "
-        "replicas still running with HUB_INGEST_SHARDS=1 (docs/operations.md, Sharded sequencing)",
-        settings.ingest_queue,
-        settings.exchange,
+        "%s unbound from %s: not an ingest queue of this HUB_INGEST_SHARDS; %d messages wait in it for "
+        "replicas still running with another shard count (docs/operations.md, Sharded sequencing)",
+        queue,
+        exchange,
         declared.message_count or 0,
     )
+    return True
