@@ -159,7 +159,10 @@ class ShardCoordinator:
                 if members != self.members:
                     log.info("shard members: %s", ", ".join(members))
                 self.members = members
-                await self._apply(assign(self._settings.ingest_shards, members))
+                try:
+                    await self._apply(assign(self._settings.ingest_shards, members))
+                except Exception:  # a bug here must not end the re-assignment for good
+                    log.exception("shard re-assignment of %s failed; trying again", self.replica)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(INTERVAL):
                     await self._stopping.wait()
