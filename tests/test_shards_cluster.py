@@ -28,6 +28,7 @@ from hub.publisher import Publisher
 from testkit.client import Client
 from testkit.hubs import run_hub
 from testkit.net import free_port
+from testkit.rabbit_cluster import RabbitCluster, start_cluster
 from testkit.rabbit_node import RabbitNode, start_nodes
 from testkit.services import REDIS_URL, drop_redis_keys, names
 from testkit.tokens import API_KEY, SECRET, make_token
@@ -111,6 +112,43 @@ async def test_changing_the_shard_count_leaves_no_queue_filling_unread(env: dict
                 for queue in stray[shards]:
                     declared = await channel.declare_queue(queue, passive=True)
                     assert declared.declaration_result.message_count == 0, f"{queue} still bound"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    three = start_cluster(tmp_path_factory.mktemp("shards-cluster"), 3, plugins=[PLUGIN])
+    try:
+        yield three
+    finally:
+        three.stop()
+
+
+async def test_quorum_shards_on_a_three_node_cluster(cluster: RabbitCluster) -> None:
+    """The clustered set-up of docker/compose.cluster.yaml: 3 nodes, quorum shard queues, the
+    hub and the publisher given every node's URL; every topic in order, exactly once."""
+    users = [f"q{i}" for i in range(10)]
+    env = {
+        "HUB_AMQP_URL": cluster.urls(),
+        "HUB_REDIS_URL": REDIS_URL,
+        "HUB_INGEST_SHARDS": "3",
+        "HUB_INGEST_QUEUE_TYPE": "quorum",
+        "HUB_INGEST_MAX_PRIORITY": "0",
+        **names(),
+    }
+    try:
+        async with run_hub("distributed", env=env) as hub:
+            clients = [await hub.connect(user) for user in users]
+            async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
+                for r in range(30):
+                    await publisher.publish_many([{"user": u, "data": r, "id": f"{u}-{r}"} for u in users])
+            for client in clients:
+                assert [f["data"] for f in await client.notifications(30, timeout=60)] == list(range(30))
+                await client.close()
+        for shard in range(3):
+            info = cluster.queue_info(f"{env['HUB_INGEST_QUEUE']}.{shard}")
+            assert info["type"] == "quorum", info
+    finally:
+        await drop_redis_keys(env["HUB_REDIS_PREFIX"])
 
 
 def _serve(env: dict[str, str], port: int, replica: str, logs: Path) -> subprocess.Popen[bytes]:
