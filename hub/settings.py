@@ -124,6 +124,12 @@ class Settings:
     exchange: str = _setting(EXCHANGE, "the publishers' topic exchange")
     live_exchange: str = _setting("notifications.live", "the sequenced-notifications exchange the sockets bind on")
     ingest_queue: str = _setting("hub.ingest", "the sequencer's durable queue")
+    ingest_shards: int = _setting(
+        1,
+        "ingest queues the notifications are split over by a hash of the topic (`1`: one `hub.ingest`); "
+        "more than 1 needs RabbitMQ's `rabbitmq_consistent_hash_exchange` plugin "
+        "(docs/operations.md, Sharded sequencing)",
+    )
     dead_letter: str = _setting("hub.dead", "exchange and queue for unreadable messages")
     presence_exchange: str = _setting(
         "hub.presence", "topic exchange of `presence.online.<id>` / `presence.offline.<id>` events"
@@ -278,6 +284,7 @@ _POSITIVE = (
     "send_timeout",
     "ingest_max_length",
     "delivery_limit",
+    "ingest_shards",
     "broker_outage_close",
     "ping_interval",
     "max_frame_size",

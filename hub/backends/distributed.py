@@ -31,6 +31,8 @@ from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
 from hub.backends.sequencer import Sequencer
+from hub.backends.shard_topology import declare_shards, ingest_queues
+from hub.backends.shards import ShardCoordinator
 from hub.backends.topology import declare_topology
 from hub.settings import Settings, redact_url
 from hub.tls import amqp_ssl_context, redis_ssl_options
@@ -78,6 +80,7 @@ class DistributedBackend:
         self._connection: AbstractRobustConnection | None = None
         self._broker: LiveBroker | None = None
         self._sequencer: Sequencer | None = None
+        self._shards: ShardCoordinator | None = None  # HUB_INGEST_SHARDS > 1 (hub/backends/shards.py)
         self._presence_exchange: AbstractExchange | None = None
         self._observer: AbstractRobustChannel | None = None
         self._ingest: tuple[int, int] | None = None  # hub.ingest: messages, consumers (last seen)
@@ -140,15 +143,21 @@ class DistributedBackend:
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             channel = await connection.channel()
             await declare_topology(channel, settings)
+            if self._history is not None and settings.ingest_shards > 1:
+                await declare_shards(channel, settings)  # first: a missing plugin closes the connection
             # Presence events are fire-and-forget (no confirm, no return): a connect must not
             # wait a broker round trip for an event nobody may be listening to.
             events = await connection.channel(publisher_confirms=False)
             self._presence_exchange = await events.get_exchange(settings.presence_exchange, ensure=False)
             self._broker = LiveBroker(connection, settings)
             await self._broker.start()
-            if self._history is not None:
+            if self._history is not None and settings.ingest_shards > 1:
+                self._shards = ShardCoordinator(connection, self._history, self._redis, settings)
+                await self._shards.start()
+            elif self._history is not None:
                 self._sequencer = Sequencer(connection, self._history, settings)
                 await self._sequencer.start()
+            if self._history is not None:
                 # its own channel: a passive declare of a queue that is gone closes the channel
                 self._observer = await connection.channel(publisher_confirms=False)
         async with _answering("Redis", settings.redis_url, settings.backend_timeout):
@@ -158,6 +167,9 @@ class DistributedBackend:
         if self._sequencer is not None:
             await self._sequencer.close()
             self._sequencer = None
+        if self._shards is not None:
+            await self._shards.close()
+            self._shards = None
         with contextlib.suppress(Exception):
             await self._presence.close()
         if self._broker is not None:
@@ -216,6 +228,8 @@ class DistributedBackend:
                 ingest_lag_seconds=s.last_lag_ms / 1000,
                 sequencer_inflight=self._sequencer.inflight,
             )
+        if self._shards is not None:
+            stats.update(self._shards.stats())
         if self._ingest is not None:
             stats.update(ingest_backlog=self._ingest[0], ingest_consumers=self._ingest[1])
         return stats
@@ -226,15 +240,19 @@ class DistributedBackend:
         observer = self._observer
         if observer is None:
             return
+        messages = consumers = 0
         try:
             async with asyncio.timeout(self._settings.backend_timeout):
                 channel = await observer.get_underlay_channel()
-                declared = await channel.queue_declare(self._settings.ingest_queue, passive=True)
+                for queue in ingest_queues(self._settings):  # every shard, summed
+                    declared = await channel.queue_declare(queue, passive=True)
+                    messages += declared.message_count or 0
+                    consumers += declared.consumer_count or 0
         except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.debug("could not read %s's length: %r", self._settings.ingest_queue, exc)
             self._ingest = None
             return
-        self._ingest = (declared.message_count or 0, declared.consumer_count or 0)
+        self._ingest = (messages, consumers)
 
     async def _presence_event(self, user: str, online: bool) -> None:
         """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (docs/protocol.md §6).

@@ -76,8 +76,23 @@ class SequencerStats:
 class Sequencer:
     """Consumes the ingest queue while this replica is its single active consumer."""
 
-    def __init__(self, connection: AbstractRobustConnection, history: RedisHistory, settings: Settings) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        history: RedisHistory,
+        settings: Settings,
+        *,
+        queue: str | None = None,
+        binding: tuple[str, str] | None = None,
+    ) -> None:
+        """``queue`` (default ``settings.ingest_queue``) is consumed; ``binding`` (exchange,
+        routing key; default the publishers' exchange with ``#``) is what it is bound with
+        again when the broker deleted it (a shard queue is bound to the hash exchange)."""
         self._connection = connection
+        self._queue = queue or settings.ingest_queue
+        self._binding = binding or (settings.exchange, "#")
+        self._draining = False
+        self._idle = asyncio.Event()
         self._history = history
         self._settings = settings
         self._buffer: deque[DeliveredMessage] = deque()
@@ -101,7 +116,7 @@ class Sequencer:
         """
         self._channel = channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=PREFETCH)
-        await declare_ingest(channel, self._settings)
+        await declare_ingest(channel, self._settings, self._queue)
         await self._consume()
         channel.reopen_callbacks.add(self._reopened)
         self._task = asyncio.create_task(self._run(), name="hub-sequencer")
@@ -110,7 +125,7 @@ class Sequencer:
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._cancelled)
-        await underlay.basic_consume(self._settings.ingest_queue, self._on_message)
+        await underlay.basic_consume(self._queue, self._on_message)
 
     async def _reopened(self, channel: Any) -> None:
         await self._consume()
@@ -127,15 +142,15 @@ class Sequencer:
         delay = RETRY_FIRST
         while self._task is not None:
             try:
-                queue = await declare_ingest(self._channel, self._settings)
-                await queue.bind(self._settings.exchange, "#")
+                queue = await declare_ingest(self._channel, self._settings, self._queue)
+                await queue.bind(*self._binding)
                 await self._consume()
             except Exception as exc:  # the broker may be away too: try again
-                log.warning("could not consume %s again: %r", self._settings.ingest_queue, exc)
+                log.warning("could not consume %s again: %r", self._queue, exc)
                 await asyncio.sleep(delay)  # backoff, not synchronisation
                 delay = min(delay * 2, RETRY_MAX)
             else:
-                log.warning("consuming %s again after the broker cancelled it", self._settings.ingest_queue)
+                log.warning("consuming %s again after the broker cancelled it", self._queue)
                 break
         self._resubscribing = None
 
@@ -148,12 +163,36 @@ class Sequencer:
                     await task
         self._task = self._resubscribing = None
 
+    async def stop(self, grace: float) -> None:
+        """Hand the queue over: take no more deliveries, finish what was delivered (at most
+        ``grace`` seconds), stop, and close the channel, which gives every message still
+        unacked back to the queue (redelivered, first, to the next single active consumer).
+
+        Cancelling the consumer first would not do: RabbitMQ makes the next consumer active
+        at once, and it would sequence newer messages of a topic while this one still holds
+        older ones.
+        """
+        self._draining = True
+        if self._buffer:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        await self.close()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.reopen_callbacks.discard(self._reopened)
+            with contextlib.suppress(Exception):  # closing anyway: a broken channel is closed already
+                await channel.close()
+
     @property
     def inflight(self) -> int:
         """Messages delivered to this sequencer and not yet acknowledged (done or dead-lettered)."""
         return len(self._buffer)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
+        if self._draining:
+            return  # left unacked: the channel's close gives it back (``stop``)
         self._buffer.append(message)
         self._ready.set()
 
@@ -162,6 +201,7 @@ class Sequencer:
         buffer = self._buffer
         while True:
             while not buffer:
+                self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
             while buffer and buffer[0].channel.is_closed:
