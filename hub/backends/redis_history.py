@@ -2,17 +2,24 @@
 
 Layout under ``prefix`` (``settings.redis_prefix``):
 
-- ``<prefix>s:<topic>``: the topic's stream; fields ``i`` (notification id), ``t`` (ts,
+- ``<prefix>s:{<topic>}``: the topic's stream; fields ``i`` (notification id), ``t`` (ts,
   ms), ``k`` (how ``d`` is encoded: ``j`` JSON, ``m`` msgpack) and ``d`` (the payload,
   as the publisher sent it: it is never re-encoded on the way in);
-- ``<prefix>d:<topic>:<id>``: the de-duplication key, holding the entry's offset for as
+- ``<prefix>d:{<topic>}:<id>``: the de-duplication key, holding the entry's offset for as
   long as the entry is retained.
+
+The ``{<topic>}`` hash tag puts every key of a topic in the topic's hash slot, so each
+script touches one slot and runs on a Redis Cluster as on one Redis (every key about a
+topic, read state included, follows this convention). Keys named before the tags
+(``<prefix>s:<topic>``) are not read any more: see docs/operations.md, "Upgrading".
 
 Retention is exact (count and age), like the embedded backend: entries are removed
 with ``XDEL`` rather than ``XTRIM`` because Redis 7.0 only advances the stream's
 ``max-deleted-entry-id`` on ``XDEL``, and that id is what makes the ``complete`` flag
 of a read exact (a read after offset ``o`` is complete iff ``o >= max-deleted``). Every
-operation is one Lua script call, so an append batch is atomic and one round trip.
+operation is one Lua script call per hash slot: on one Redis (or a Sentinel-managed
+primary) an append batch is one atomic call; on a cluster it is one call per slot, all
+in one pipeline (atomic per topic, which is what order and de-duplication need).
 """
 
 from __future__ import annotations
@@ -21,10 +28,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from hub.backends.base import HistoryRead, issued_here
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, ScriptCall, deadline, run_scripts, slot_of
 from hub.notification import Notification, now_ms
 from hub.payload import BadPayload, loads_json, loads_msgpack
 from hub.protocol import json_dumps
@@ -128,7 +133,7 @@ class RedisHistory:
     strict) are skipped and counted in ``skipped``, never sent (docs/protocol.md §5).
     """
 
-    def __init__(self, redis: Redis, *, prefix: str, size: int, ttl: float, timeout: float = 3.0) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, size: int, ttl: float, timeout: float = 3.0) -> None:
         self._redis = redis
         self._timeout = timeout
         self._prefix = prefix
@@ -140,30 +145,38 @@ class RedisHistory:
 
     def stream_key(self, topic: str) -> str:
         """The Redis key of ``topic``'s stream."""
-        return f"{self._prefix}s:{topic}"
+        return f"{self._prefix}s:{{{topic}}}"
 
     def _dedup_prefix(self, topic: str) -> str:
-        return f"{self._prefix}d:{topic}:"
+        return f"{self._prefix}d:{{{topic}}}:"
 
     def _horizon(self) -> int:
         return now_ms() - self._ttl_ms if self._ttl_ms > 0 else 0
 
     async def append_batch(self, entries: Sequence[tuple[str, str, int, bytes, bytes]]) -> list[tuple[str, bool]]:
-        """Append ``(topic, id, ts, kind, data)`` entries in one atomic script call.
+        """Append ``(topic, id, ts, kind, data)`` entries: one atomic script call per hash
+        slot (one for all on a single Redis), pipelined.
 
         Returns each entry's ``(offset, duplicate)`` in order; entries of one topic get
         increasing offsets in the order given. A duplicate id keeps its first offset.
-        Raises redis errors (connection lost, …): then nothing or everything was applied,
-        and the caller may retry the same batch safely (the ids make it idempotent).
+        Raises redis errors (connection lost, …): then each slot's part was applied in
+        full or not at all, and the caller may retry the same batch safely (the ids make
+        it idempotent: what was applied comes back as duplicates, with its offsets).
         """
-        keys: list[str] = []
-        args: list[str | int | bytes] = [self._size, self._horizon(), self._ttl_ms]
-        for topic, id, ts, kind, data in entries:
-            keys.append(self.stream_key(topic))
-            keys.append(self._dedup_prefix(topic) + id)
+        head: list[str | int | bytes] = [self._size, self._horizon(), self._ttl_ms]
+        groups: dict[int, tuple[list[int], list[str], list[str | int | bytes]]] = {}
+        for n, (topic, id, ts, kind, data) in enumerate(entries):
+            stream = self.stream_key(topic)
+            positions, keys, args = groups.setdefault(slot_of(self._redis, stream), ([], [], list(head)))
+            positions.append(n)
+            keys += (stream, self._dedup_prefix(topic) + id)
             args += (id, ts, kind, data)
-        result = await self._append(keys=keys, args=args)
-        return [(offset.decode(), bool(dup)) for offset, dup in result]
+        calls: list[ScriptCall] = [(self._append, keys, args) for _, keys, args in groups.values()]
+        out: list[tuple[str, bool]] = [("", False)] * len(entries)
+        for (positions, _, _), result in zip(groups.values(), await run_scripts(self._redis, calls), strict=True):
+            for n, (offset, dup) in zip(positions, result, strict=True):
+                out[n] = (offset.decode(), bool(dup))
+        return out
 
     async def append(self, topic: str, id: str, ts: int, data: Any) -> tuple[str, bool]:
         encoded = json_dumps(data).encode()
@@ -179,12 +192,13 @@ class RedisHistory:
     async def read(self, after: Mapping[str, str]) -> dict[str, HistoryRead]:
         topics = list(after)
         horizon = self._horizon()
-        async with deadline("history read", self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
-                args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start, after[topic]]
-                await self._read(keys=[self.stream_key(topic)], args=args, client=pipe)
-            results = await pipe.execute()
+        calls: list[ScriptCall] = []
+        for topic in topics:
+            start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
+            args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start, after[topic]]
+            calls.append((self._read, [self.stream_key(topic)], args))
+        async with deadline("history read", self._timeout):
+            results = await run_scripts(self._redis, calls)
         reads: dict[str, HistoryRead] = {}
         now = now_ms()
         for topic, (exists, max_deleted, entries, last, is_entry) in zip(topics, results, strict=True):

@@ -45,6 +45,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import wire
+from hub.backends.redis_client import CLUSTER_AWAY
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from hub.backends.topology import declare_ingest
 from hub.notification import now_ms
@@ -56,7 +57,14 @@ PREFETCH = 512
 RETRY_FIRST = 0.05
 RETRY_MAX = 2.0
 #: Redis errors that mean "not now" (retry the same batch in place), not "not this batch".
-REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, OSError)
+REDIS_AWAY: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    OSError,
+    *CLUSTER_AWAY,
+)
 #: Messages whose delivery count is remembered at most (the oldest are forgotten first).
 MAX_COUNTED = 10_000
 

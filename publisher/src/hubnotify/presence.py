@@ -13,9 +13,10 @@ Nothing here reads the environment: pass the hub's ``HUB_REDIS_URL`` and
 ``HUB_REDIS_PREFIX`` (the prefix defaults to the hub's default). User ids may be
 integers (``42`` → ``"42"``); results are keyed by the id as text.
 
-The key layout is the hub's (``hub.backends.redis_presence``): ``<prefix>presence:``
-then ``replicas`` (a sorted set, lease deadline in ms per replica) and ``u:<user>``
-(a hash, connection → replica). ``COUNT_SCRIPT`` is the one script that counts; the
+The key layout is the hub's (``hub.backends.redis_presence``): ``<prefix>{presence}:``
+(one hash slot for all of presence, so its scripts run on a Redis Cluster too) then
+``replicas`` (a sorted set, lease deadline in ms per replica) and ``u:<user>`` (a hash,
+connection → replica). ``COUNT_SCRIPT`` is the one script that counts; the
 hub's presence backend runs the same text.
 """
 
@@ -71,8 +72,12 @@ def import_redis() -> ModuleType:
 
 
 def presence_keys(prefix: str) -> tuple[str, str]:
-    """The key prefix ``P`` of presence and its replicas sorted set, for ``prefix``."""
-    base = f"{prefix}presence:"
+    """The key prefix ``P`` of presence and its replicas sorted set, for ``prefix``.
+
+    ``{presence}`` is a hash tag: every presence key is in one slot of a Redis Cluster,
+    where the scripts, which name users' and replicas' keys from ``P``, can reach them all.
+    """
+    base = f"{prefix}{{presence}}:"
     return base, base + "replicas"
 
 
@@ -81,7 +86,9 @@ def checked_users(users: Iterable[str | int]) -> list[str]:
     return [as_user_id(user) for user in users]
 
 
-async def count_users(client: aioredis.Redis, prefix: str, users: Iterable[str | int]) -> dict[str, int]:
+async def count_users(
+    client: aioredis.Redis | aioredis.RedisCluster, prefix: str, users: Iterable[str | int]
+) -> dict[str, int]:
     """Live connections of each user across every replica, read straight from Redis.
 
     Usable without a running hub: a connection counts only while its replica's lease is
