@@ -172,7 +172,9 @@ async def run_scripts(client: RedisClient, calls: Sequence[ScriptCall]) -> list[
 async def _pipelined(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # execute_command: redis-py's cluster pipeline refuses its ``evalsha`` method, not
+            # the command, which it routes by the keys like any other
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
     return results
 
