@@ -43,11 +43,13 @@ class RedisSentinelSetup:
             "HUB_REDIS_MASTER": self.master_name,
         }
 
-    def start(self) -> RedisSentinelSetup:
+    def start(self, replica_via: int | None = None) -> RedisSentinelSetup:
+        """Start everything; the replica replicates through ``replica_via`` (a proxy to the
+        primary's port, ``self.data[0].port``) when given."""
         try:
             primary, replica = self.data
             primary.start()
-            replica.config.append(f"replicaof 127.0.0.1 {primary.port}")
+            replica.config.append(f"replicaof 127.0.0.1 {replica_via or primary.port}")
             replica.start()
             wait_until(lambda: replica.info("replication").get("master_link_status") == "up", "the replica to sync")
             for n in range(3):
@@ -56,7 +58,7 @@ class RedisSentinelSetup:
                     [
                         f"sentinel monitor {self.master_name} 127.0.0.1 {primary.port} 2",
                         f"sentinel down-after-milliseconds {self.master_name} {DOWN_AFTER_MS}",
-                        f"sentinel failover-timeout {self.master_name} 10000",
+                        f"sentinel failover-timeout {self.master_name} 300000",
                         f"sentinel parallel-syncs {self.master_name} 1",
                     ],
                     sentinel=True,
@@ -91,17 +93,16 @@ class RedisSentinelSetup:
         port = self.primary_port()
         return next(s for s in self.data if s.port != port)
 
-    def hold_replication(self) -> None:
-        """Hold the replication stream on the replica (see the module docstring)."""
-        self.replica.cli("CLIENT", "PAUSE", "600000", "WRITE")
-
     def crash_primary(self) -> RedisServer:
         """SIGKILL the primary and return the replica once it was promoted by the Sentinels
-        (held replication released after the promotion) and every Sentinel names it."""
+        and every Sentinel names it."""
         old, new = self.primary, self.replica
         old.kill()
-        wait_until(lambda: new.info("replication").get("role") == "master", "the replica's promotion")
-        new.cli("CLIENT", "UNPAUSE")
+        try:
+            wait_until(lambda: new.info("replication").get("role") == "master", "the replica's promotion")
+        except RuntimeError as exc:
+            logs = "\n".join(f"--- {s.address}\n{s.log_tail(12)}" for s in [new, *self.sentinels])
+            raise RuntimeError(f"{exc}\n{logs}") from None
         wait_until(lambda: all(self.primary_port(s) == new.port for s in self.sentinels), "every Sentinel")
         return new
 

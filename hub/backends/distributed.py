@@ -167,7 +167,7 @@ class DistributedBackend:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
-        await self._redis.aclose()
+        await redis_client.close(self._redis)
 
     async def check(self) -> dict[str, str | None]:
         """Each service's health, both probed at once within ``backend_timeout``: RabbitMQ

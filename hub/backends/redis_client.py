@@ -139,6 +139,15 @@ def connect(
     return aioredis.Redis.from_pool(pool)
 
 
+async def close(client: RedisClient) -> None:
+    """Close ``client`` and, for a Sentinel-managed one, its connections to the Sentinels."""
+    await client.aclose()
+    pool = client.connection_pool if isinstance(client, aioredis.Redis) else None
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
 def slot_of(client: RedisClient, key: str) -> int:
     """The hash slot of ``key`` on a cluster client; 0 for any other (one slot for all)."""
     return client.keyslot(key) if isinstance(client, RedisCluster) else 0
