@@ -139,3 +139,11 @@ async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup
             f"users on it {by_primary[victim.port]}; every user delivered again {recovered_in:.1f} s after the kill; "
             f"published/recovered {results}; redis retries {stats.get('redis_retries')}"
         )
+
+
+def test_the_publish_helper_reads_presence_from_a_cluster(cluster: RedisClusterSetup) -> None:
+    """``hubnotify.presence`` (used by ``hub presence`` and ``Publisher.online_many``) takes a
+    ``redis+cluster://`` URL: nobody online under a fresh prefix, and no MOVED error."""
+    from hubnotify.presence import connections_many
+
+    assert connections_many(["nobody", 7], url=cluster.url, prefix="hubtest:helper:") == {"nobody": 0, "7": 0}

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote, urlsplit
 
 from hubnotify.topics import as_user_id
 
@@ -69,6 +70,30 @@ def import_redis() -> ModuleType:
             "presence queries need redis-py: pip install 'notification-hub-publisher[presence]'", name="redis"
         ) from exc
     return redis
+
+
+def redis_client(
+    url: str, *, timeout: float | None, tls: Mapping[str, Any] | None = None, asynchronous: bool = False
+) -> Any:
+    """A redis-py client (``redis.asyncio``'s with ``asynchronous``) for the hub's ``HUB_REDIS_URL``:
+    a ``RedisCluster`` for ``redis+cluster://[user:password@]host:port,host:port``, else
+    ``Redis.from_url``. ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL."""
+    redis = import_redis()
+    module = redis.asyncio if asynchronous else redis
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **(tls or {})}
+    parts = urlsplit(url)
+    if parts.scheme != "redis+cluster":
+        return module.Redis.from_url(url, **options)
+    nodes = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.strip().rpartition(":")
+        nodes.append(module.cluster.ClusterNode(host.strip("[]"), int(port)))
+    return module.RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        **options,
+    )
 
 
 def presence_keys(prefix: str) -> tuple[str, str]:
@@ -122,7 +147,7 @@ def connections_many(
     tls: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
     """Blocking: each user → live connections, read from the Redis at ``url`` (``tls``:
-    redis-py's ``ssl_*`` options for a ``rediss://`` URL).
+    redis-py's ``ssl_*`` options for a ``rediss://`` URL; ``redis+cluster://`` for a cluster).
 
     Raises InvalidTopic for an invalid user id, a ``redis.exceptions.RedisError`` when
     Redis refuses or takes more than ``timeout`` seconds to connect or answer.
@@ -131,8 +156,7 @@ def connections_many(
     if not checked:
         return {}
     base, replicas = presence_keys(prefix)
-    redis = import_redis()
-    with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **(tls or {})) as client:
+    with redis_client(url, timeout=timeout, tls=tls) as client:
         counts = client.eval(COUNT_SCRIPT, 1, replicas, base, *checked)
     return {user: int(c) for user, c in zip(checked, counts, strict=True)}
 
