@@ -52,7 +52,18 @@ class Settings:
         "with `HUB_REDIS_URL` selects the distributed backend",
         url=True,
     )
-    redis_url: str | None = _setting(None, "Redis URL; with `HUB_AMQP_URL` selects the distributed backend", url=True)
+    redis_url: str | None = _setting(
+        None,
+        "Redis URL; with `HUB_AMQP_URL` selects the distributed backend. A Redis Cluster: "
+        "`redis+cluster://[user:password@]host:port,host:port` (any reachable nodes)",
+        url=True,
+    )
+    redis_sentinels: str | None = _setting(
+        None,
+        "`host:port,host:port`: Sentinels watching the Redis primary `HUB_REDIS_MASTER`; the hub connects to "
+        "the primary they name and follows a failover (`HUB_REDIS_URL` then gives only password, database and TLS)",
+    )
+    redis_master: str | None = _setting(None, "with `HUB_REDIS_SENTINELS`: the primary's name in the Sentinels")
     amqp_ca_file: str | None = _setting(
         None, "with `amqps://`: PEM file of the CA RabbitMQ's certificate must chain to (default: the system's CAs)"
     )
@@ -152,6 +163,19 @@ class Settings:
         return bool(self.amqp_url and self.redis_url)
 
     @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``HUB_REDIS_SENTINELS`` as ``(host, port)`` pairs (empty without Sentinels)."""
+        if not self.redis_sentinels:
+            return ()
+        pairs = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"HUB_REDIS_SENTINELS: expected host:port[,host:port…], got {item.strip()!r}")
+            pairs.append((host.strip("[]"), int(port)))
+        return tuple(pairs)
+
+    @property
     def history_enabled(self) -> bool:
         """False with ``HUB_HISTORY_SIZE=0``: at-most-once delivery, no sequencer."""
         return self.history_size > 0
@@ -223,6 +247,7 @@ class Settings:
 
     def _check_values(self) -> None:
         _tls_checks(self)
+        _redis_checks(self)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"HUB_LOG_FORMAT: expected `plain` or `json`, got {self.log_format!r}")
         for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
@@ -274,6 +299,20 @@ def _tls_checks(settings: Settings) -> None:
             raise ConfigError(f"{env_name(key)} set without {env_name(certificate)}")
     if settings.tls_key_file and not settings.tls_cert_file:
         raise ConfigError("HUB_TLS_KEY_FILE set without HUB_TLS_CERT_FILE")
+
+
+def _redis_checks(settings: Settings) -> None:
+    """A cluster URL or Sentinels, not both; Sentinels come with the primary's name."""
+    scheme = urlsplit(settings.redis_url).scheme if settings.redis_url else ""
+    if scheme == "rediss+cluster":
+        raise ConfigError("HUB_REDIS_URL: TLS to a Redis Cluster (rediss+cluster://) is not supported yet")
+    if settings.sentinel_addresses:
+        if not settings.redis_master:
+            raise ConfigError("HUB_REDIS_SENTINELS set without HUB_REDIS_MASTER (the primary's name)")
+        if scheme == "redis+cluster":
+            raise ConfigError("HUB_REDIS_SENTINELS and a redis+cluster:// HUB_REDIS_URL exclude each other")
+    elif settings.redis_master:
+        raise ConfigError("HUB_REDIS_MASTER set without HUB_REDIS_SENTINELS")
 
 
 _POSITIVE = (

@@ -20,9 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiormq
-import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from hub import amqp_decode, wire
 from hub.backends import redis_client
@@ -55,8 +54,12 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = redis_client.connect(
-            settings.redis_url, settings.backend_timeout, redis_ssl_options(settings)
+        self._redis: redis_client.RedisClient = redis_client.connect(
+            settings.redis_url,
+            settings.backend_timeout,
+            redis_ssl_options(settings),
+            sentinels=settings.sentinel_addresses,
+            master=settings.redis_master,
         )
         self._history = (
             RedisHistory(
@@ -177,7 +180,7 @@ class DistributedBackend:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
-        await self._redis.aclose()
+        await redis_client.close(self._redis)
 
     async def check(self) -> dict[str, str | None]:
         """Each service's health, both probed at once within ``backend_timeout``: RabbitMQ
@@ -286,7 +289,7 @@ async def _answering(service: str, url: str, seconds: float) -> AsyncIterator[No
             yield
     except TimeoutError as exc:
         raise BackendUnavailable(f"{where} did not answer within {seconds:g} s") from exc
-    except (OSError, RedisError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+    except (OSError, RedisError, RedisClusterException, aiormq.exceptions.AMQPError, RuntimeError) as exc:
         reason = str(exc) or type(exc).__name__
         password = urlsplit(url).password
         if password:

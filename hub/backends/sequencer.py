@@ -45,6 +45,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import wire
+from hub.backends.redis_client import CLUSTER_AWAY
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from hub.backends.topology import declare_ingest
 from hub.notification import now_ms
@@ -56,9 +57,19 @@ PREFETCH = 512
 RETRY_FIRST = 0.05
 RETRY_MAX = 2.0
 #: Redis errors that mean "not now" (retry the same batch in place), not "not this batch".
-REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, OSError)
+REDIS_AWAY: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    OSError,
+    *CLUSTER_AWAY,
+)
 #: Messages whose delivery count is remembered at most (the oldest are forgotten first).
 MAX_COUNTED = 10_000
+#: Topics whose newest offset is remembered to find lost history after a Redis failover
+#: (``RedisHistory.mark_lost_tails``; the least recently written are forgotten first).
+MAX_REMEMBERED = 10_000
 
 
 @dataclass(slots=True)
@@ -102,6 +113,8 @@ class Sequencer:
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
         self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._newest: OrderedDict[str, str] = OrderedDict()  # topic → offset last appended
+        self._check_lost = False  # Redis failed since: look for lost tails before appending
         self._careful = 0
         self.stats = SequencerStats()
         self.redis_error: str | None = None
@@ -314,12 +327,26 @@ class Sequencer:
         self.stats.duplicates += sum(1 for _, dup in results if dup)
 
     async def _append(self, entries: list[tuple[str, str, int, bytes, bytes]]) -> list[tuple[str, bool]]:
-        """Append with retries while Redis is away (not ack, not drop); other errors fail the batch."""
+        """Append with retries while Redis is away (not ack, not drop); other errors fail the batch.
+
+        A failover can lose what the old primary had not replicated yet. Each append checks
+        its own topics against the offsets this sequencer appended last; when one lost its
+        tail, or when Redis was away, every topic appended lately is checked and marked
+        (``RedisHistory.mark_lost_tails``) before the next append: a client is then told
+        ``recovered: false`` rather than shown a gap (docs/operations.md, "Failover").
+        """
         delay = RETRY_FIRST
         while True:
             try:
-                results = await self._history.append_batch(entries)
+                if self._check_lost:
+                    await self._history.mark_lost_tails(self._newest)
+                    self._check_lost = False
+                lost_before = self._history.lost_tails
+                results = await self._history.append_batch(entries, self._newest)
+                if self._history.lost_tails > lost_before:
+                    self._check_lost = True
             except REDIS_AWAY as exc:
+                self._check_lost = True
                 self.redis_error = repr(exc)
                 self.stats.redis_retries += 1
                 if self.stats.redis_retries % 20 == 1:
@@ -328,6 +355,11 @@ class Sequencer:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             self.redis_error = None
+            for (topic, *_), (offset, _) in zip(entries, results, strict=True):
+                self._newest[topic] = offset
+                self._newest.move_to_end(topic)
+            while len(self._newest) > MAX_REMEMBERED:
+                self._newest.popitem(last=False)
             return results
 
     def _dead_letter(

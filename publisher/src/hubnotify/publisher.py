@@ -31,7 +31,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from hubnotify.confirm import ConfirmingExchange
 from hubnotify.failover import connect_failover
 from hubnotify.message import EXCHANGE, build_message, declare_exchange
-from hubnotify.presence import DEFAULT_PREFIX, import_redis, online_many_async
+from hubnotify.presence import DEFAULT_PREFIX, online_many_async, redis_client
 from hubnotify.topics import InvalidTopic, as_user_id, user_topic, validate_topic
 
 #: Seconds ``connect`` and each publish (until confirmed) may take by default.
@@ -231,9 +231,7 @@ class Publisher:
         if self._redis is None:
             if self._redis_url is None:
                 raise ValueError("expected Publisher(..., redis_url=HUB_REDIS_URL) for presence queries")
-            self._redis = import_redis().asyncio.Redis.from_url(
-                self._redis_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, **self._redis_tls
-            )
+            self._redis = redis_client(self._redis_url, timeout=self._timeout, tls=self._redis_tls, asynchronous=True)
         return await online_many_async(self._redis, self._redis_prefix, users)
 
     async def is_online(self, user: str | int) -> bool:
