@@ -27,7 +27,7 @@ from hub.backends.base import BackendUnavailable, Connection, Subscription
 from hub.codes import CloseCode
 from hub.delivery import Delivery, TooSlow
 from hub.host import Host
-from hub.lease import BackendTimeout, acquire, release
+from hub.lease import BackendTimeout, acquire, release, turns
 from hub.liveness import Liveness
 from hub.logs import bind_connection
 from hub.protocol import (
@@ -206,9 +206,9 @@ class Session:
             if topic not in claims.topics:
                 raise Disconnect(CloseCode.FORBIDDEN, f"topic {topic!r} in 'since' is not granted by the token")
         self._conn = Connection(self.conn_id, claims.user, settings.replica_id)
-        added, self._subscription = await acquire(
-            self.host.backend, self._conn, claims.topics, settings.backend_timeout
-        )
+        backend = self.host.backend
+        async with turns(backend, settings.connect_concurrency, settings.auth_timeout).turn():  # a burst queues
+            added, self._subscription = await acquire(backend, self._conn, claims.topics, settings.backend_timeout)
         if added > settings.max_connections_per_user:
             raise Disconnect(
                 CloseCode.LIMIT, f"user has {added - 1} connections, the limit is {settings.max_connections_per_user}"

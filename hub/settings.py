@@ -105,6 +105,11 @@ class Settings:
         3.0, "seconds any RabbitMQ or Redis call on a request path may take (then 1013 / 503)"
     )
     send_timeout: float = _setting(10.0, "seconds one write to a socket may take before the socket is aborted")
+    connect_concurrency: int = _setting(
+        64,
+        "connects that take their presence entry and live queue at once; more wait their turn, at most "
+        "`HUB_AUTH_TIMEOUT` seconds (then 1013), so a burst queues instead of timing out together",
+    )
     drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which open sockets are closed with 1012")
     ping_interval: float = _setting(25.0, "seconds between `ping` frames")
     max_frame_size: int = _setting(65_536, "largest client frame in bytes (larger: close 1009)")
@@ -321,6 +326,7 @@ _POSITIVE = (
     "auth_timeout",
     "backend_timeout",
     "send_timeout",
+    "connect_concurrency",
     "ingest_max_length",
     "delivery_limit",
     "ingest_shards",
