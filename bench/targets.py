@@ -259,6 +259,18 @@ TARGETS: dict[str, Target] = {
             env={**_DIST_ENV, "HUB_HISTORY_SIZE": "0"},
             ingest="hub.ingest",
         ),
+        # Levers one at a time: this checkout on asyncio's own event loop (no uvloop).
+        Target(
+            "hub-dist-asyncio",
+            "hub on asyncio's loop (distributed, history on)",
+            "hub",
+            "amqp",
+            redis_db=14,
+            services=("rabbitmq", "redis"),
+            server=_HUB,
+            env={**_DIST_ENV, "HUB_EVENT_LOOP": "asyncio"},
+            ingest="hub.ingest",
+        ),
         # The same two, running the code of another checkout ($BENCH_BEFORE): before/after in one run.
         Target(
             "hub-dist-before",
