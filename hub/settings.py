@@ -46,6 +46,10 @@ class Settings:
         "`plain` (lines for a terminal) or `json` (one object per line: time, level, logger, message, "
         "replica, and conn_id/user for a socket's lines)",
     )
+    event_loop: str = _setting(
+        "auto",
+        "`auto` (uvloop when installed, else asyncio's), `uvloop` or `asyncio`: the event loop of `hub serve`",
+    )
     amqp_url: str | None = _setting(
         None,
         "RabbitMQ URL, or a cluster's node URLs separated by commas (the hub fails over between them); "
@@ -255,6 +259,8 @@ class Settings:
         _redis_checks(self)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"HUB_LOG_FORMAT: expected `plain` or `json`, got {self.log_format!r}")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"HUB_EVENT_LOOP: expected `auto`, `uvloop` or `asyncio`, got {self.event_loop!r}")
         for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
             try:
                 validate_topic(getattr(self, name))

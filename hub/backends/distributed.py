@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobust
 from redis.exceptions import RedisClusterException, RedisError
 
 from hub import amqp_decode, wire
-from hub.backends import redis_client
+from hub.backends import amqp_writes, redis_client
 from hub.backends.base import BackendUnavailable, Presence
 from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
@@ -141,6 +141,7 @@ class DistributedBackend:
             reconnect_interval=RECONNECT_INTERVAL,
             ssl_context=amqp_ssl_context(settings),
         )
+        amqp_writes.install(connection)  # one write per loop turn, not one per frame
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             await connection.connect(timeout=settings.backend_timeout)
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):

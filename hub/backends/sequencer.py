@@ -314,6 +314,7 @@ class Sequencer:
                 exchange=self._settings.live_exchange,
                 routing_key=p.topic,
                 properties=wire.LIVE_PROPERTIES,
+                wait=False,  # the confirm is awaited, not the write: a batch's frames go out together
             )
             for p, (offset, _) in zip(publishes, results, strict=True)
         ]
@@ -369,7 +370,7 @@ class Sequencer:
         log.warning("dead-lettering a message with routing key %r: %s: %s", routing_key, kind, text[:200])
         properties = wire.dead_letter_properties(message.header, routing_key, kind, text)
         return channel.basic_publish(
-            message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties
+            message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties, wait=False
         )
 
 
