@@ -55,11 +55,12 @@ def _ms(values: list[float], q: float) -> str:
 
 async def _measure(first: RunningHub, second: RunningHub, tabs: int, retained: int, reads: int) -> dict[str, Any]:
     sockets = [await (first if i % 2 == 0 else second).connect(USER) for i in range(tabs)]
+    # every tab reads (and answers pings) while the history fills
+    readers = [asyncio.ensure_future(tab.notifications(retained, timeout=600)) for tab in sockets]
     for n in range(retained):
         await first.publish(USER, {"n": n, "text": "Your order shipped"})
-    offsets: list[str] = []
-    for tab in sockets:
-        offsets = [f["offset"] for f in await tab.notifications(retained, timeout=120)]
+    received = await asyncio.gather(*readers)
+    offsets = [f["offset"] for f in received[0]]
     store = first.node.backend.reads
     assert store is not None
     stores = {id(h.node.backend): h.node.backend.reads for h in (first, second)}
