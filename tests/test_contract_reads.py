@@ -7,12 +7,14 @@ deployment, so a ``read`` reaches it only over RabbitMQ.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 
+from hub.backends.base import ReadEntry, Reads, ReadState
 from hub.codes import CloseCode
 from hub.protocol import MAX_READ_OFFSETS
 from tests.harness import Client, RunningHub, run_hub
@@ -219,3 +221,42 @@ async def test_http_page_and_mark(history_hub: RunningHub) -> None:
     unauthorized = await hub.api("GET", "/api/unread?user=42", headers={"Authorization": "Bearer wrong"})
     assert unauthorized.status_code == 401
     await tab.close()
+
+
+class StalledReads:
+    """A ``Reads`` whose ``mark`` never answers (a sick Redis); the rest is the real store's."""
+
+    def __init__(self, real: Reads) -> None:
+        self.real = real
+        self.entered = asyncio.Event()
+
+    async def unread(self, user: str, topics: Sequence[str]) -> dict[str, int]:
+        return await self.real.unread(user, topics)
+
+    async def mark(self, user: str, topic: str, *, up_to: str | None, offsets: Sequence[str]) -> ReadState:
+        self.entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def page(self, user: str, topic: str, *, before: str | None, limit: int) -> list[ReadEntry]:
+        return await self.real.page(user, topic, before=before, limit=limit)
+
+
+async def test_a_stalled_read_store_is_1013_quickly_and_the_hub_serves_on(history_backend: str) -> None:
+    async with run_hub(history_backend, backend_timeout=0.5) as hub:
+        backend = hub.node.backend
+        real = backend.reads
+        assert real is not None
+        stalled = StalledReads(real)
+        backend._reads = stalled  # type: ignore[attr-defined]  # both backends keep their store there
+        tab = await hub.connect("42")
+        other = await hub.connect("43")
+        await tab.send({"type": "read", "topic": "user.42", "up_to": "1-0"})
+        closed = await tab.closed()
+        assert closed.code == CloseCode.TRY_AGAIN_LATER
+        assert "read state did not answer within 0.5 s" in closed.reason
+        assert stalled.entered.is_set()
+        await hub.publish("43", {"still": "served"})
+        [frame] = await other.notifications(1)
+        assert frame["data"] == {"still": "served"}
+        await other.close()
