@@ -128,14 +128,16 @@ export class HubClient extends Emitter<HubClientEvents> {
   /**
    * Marks notifications read: everything of `topic` (default: the user's own) up to `upTo`,
    * and/or single `offsets` (at most 100), or one notification. Every tab and device of the
-   * user then gets a `read` event with the new count. Returns false when not connected.
+   * user then gets a `read` event with the new count. Returns false when not connected (or the
+   * hub keeps no read state: history off);
+   * throws TypeError for input the hub would refuse (more than 100 offsets, nothing to mark).
    */
   markRead(target: MarkReadOptions | { topic: string; offset?: string; id: string }): boolean {
     const own = this._connection ? `user.${this._connection.user}` : null;
     const options: MarkReadOptions =
       'id' in target ? { topic: target.topic, offsets: target.offset ? [target.offset] : [] } : target;
+    if (this._state !== 'connected' || !this.reads.supported || (own === null && options.topic === undefined)) return false;
     const frame = this.reads.request(options, own);
-    if (this._state !== 'connected') return false;
     this.send(frame);
     return true;
   }

@@ -72,6 +72,8 @@ describe('read state in HubClient', () => {
     assert.deepEqual(reads, []);
     ws.push(notification('1-0'));
     assert.deepEqual(client.unread, {});
+    assert.equal(client.markRead({ upTo: '1-0' }), false, 'no read state: nothing sent');
+    assert.ok(!ws.sent.some((f) => f['type'] === 'read'));
     assert.equal(new ReadTracker().supported, false);
   });
 });
