@@ -29,10 +29,12 @@ from hub.backends.base import BackendUnavailable, Presence
 from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
+from hub.backends.redis_reads import RedisReads
 from hub.backends.sequencer import Sequencer
 from hub.backends.shard_topology import declare_shards, ingest_queues
 from hub.backends.shards import ShardCoordinator
 from hub.backends.topology import declare_topology
+from hub.read_frames import ReadEvent, event_body, read_key
 from hub.settings import Settings, redact_url
 from hub.tls import amqp_ssl_context, redis_ssl_options
 from hubnotify.failover import FailoverConnection, split_urls
@@ -72,6 +74,19 @@ class DistributedBackend:
             if settings.history_enabled
             else None
         )
+        self._reads = (
+            RedisReads(
+                self._redis,
+                self._history,
+                prefix=settings.redis_prefix,
+                size=settings.history_size,
+                ttl=settings.history_ttl,
+                timeout=settings.backend_timeout,
+                announce=self._announce_read,
+            )
+            if self._history is not None
+            else None
+        )
         self._presence = RedisPresence(
             self._redis,
             prefix=settings.redis_prefix,
@@ -85,6 +100,7 @@ class DistributedBackend:
         self._sequencer: Sequencer | None = None
         self._shards: ShardCoordinator | None = None  # HUB_INGEST_SHARDS > 1 (hub/backends/shards.py)
         self._presence_exchange: AbstractExchange | None = None
+        self._read_exchange: AbstractExchange | None = None  # the live exchange, for read events
         self._observer: AbstractRobustChannel | None = None
         self._ingest: tuple[int, int] | None = None  # hub.ingest: messages, consumers (last seen)
 
@@ -104,6 +120,10 @@ class DistributedBackend:
     @property
     def presence(self) -> Presence:
         return self._presence
+
+    @property
+    def reads(self) -> RedisReads | None:
+        return self._reads
 
     @property
     def sequencer(self) -> Sequencer | None:
@@ -153,6 +173,8 @@ class DistributedBackend:
             # wait a broker round trip for an event nobody may be listening to.
             events = await connection.channel(publisher_confirms=False)
             self._presence_exchange = await events.get_exchange(settings.presence_exchange, ensure=False)
+            if self._reads is not None:
+                self._read_exchange = await events.get_exchange(settings.live_exchange, ensure=False)
             self._broker = LiveBroker(connection, settings)
             await self._broker.start()
             if self._history is not None and settings.ingest_shards > 1:
@@ -278,6 +300,26 @@ class DistributedBackend:
             raise BackendUnavailable(f"presence event dropped: RabbitMQ took more than {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BackendUnavailable(f"presence event dropped: {exc!r}") from exc
+
+    async def _announce_read(self, event: ReadEvent) -> None:
+        """A read change to every socket of its user, on every replica: the ``read`` event on the
+        live exchange with the user's read key (hub/read_frames.py, docs/protocol.md §9).
+
+        At most once, like presence events; raises BackendUnavailable when RabbitMQ does not
+        take it within ``backend_timeout`` (the state is saved: a reconnect shows it).
+        """
+        exchange, connection = self._read_exchange, self._connection
+        if exchange is None or connection is None or not connection.connected.is_set():
+            raise BackendUnavailable("read event not sent: not connected to RabbitMQ")
+        message = aio_pika.Message(event_body(event), content_type=wire.JSON_TYPE)
+        timeout = self._settings.backend_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await exchange.publish(message, routing_key=read_key(event.user), mandatory=False)
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"read event not sent: RabbitMQ took more than {timeout:g} s") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BackendUnavailable(f"read event not sent: {exc!r}") from exc
 
 
 @contextlib.asynccontextmanager
