@@ -107,7 +107,8 @@ async def test_refresh_by_post_and_bad_posts(hub: RunningHub) -> None:
         assert no_auth.status_code == 401
         big = "x" * (hub.settings.max_frame_size + 1)
         assert (await mine.post(hub.http, big)).status_code == 413
-        assert (await hub.http.post("/sse/nope", content="{}", headers={"Authorization": "Bearer x"})).status_code == 404
+        unknown = await hub.http.post("/sse/nope", content="{}", headers={"Authorization": "Bearer x"})
+        assert unknown.status_code == 404
         # the stream still works after all that
         await hub.publish("42", {"ok": True})
         [frame] = await mine.notifications(1)
