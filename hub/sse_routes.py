@@ -147,11 +147,12 @@ class SseGateway:
     async def _ticket(self, request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise HttpError(401, "expected 'Authorization: Bearer <token>'")
+            return JSONResponse({"error": "expected 'Authorization: Bearer <token>'", "code": 4001}, status_code=401)
         try:
             self.host.auth.verify(token.strip())
-        except TokenError as exc:
-            raise HttpError(401, f"{exc} (code {int(exc.code)})") from None
+        except TokenError as exc:  # the close code a WebSocket would get, so a client acts alike
+            self.host.metrics.auth_failures.labels(code=str(int(exc.code))).inc()
+            return JSONResponse({"error": str(exc), "code": int(exc.code)}, status_code=401)
         try:
             ticket, ttl = await self.tickets.issue(token.strip())
         except TicketError as exc:
