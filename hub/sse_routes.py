@@ -78,6 +78,7 @@ class SseGateway:
     def routes(self) -> list[Any]:
         """The POST routes, for the replica's Starlette app."""
         return [
+            Route("/sse", self._preflight, methods=["OPTIONS"]),  # Last-Event-ID is not CORS-safelisted
             Route("/sse/ticket", guarded(self._cors(self._ticket)), methods=["POST"]),
             Route("/sse/ticket", self._preflight, methods=["OPTIONS"]),
             Route("/sse/{handle}", guarded(self._cors(self._post)), methods=["POST"]),

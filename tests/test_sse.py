@@ -206,3 +206,28 @@ async def test_tickets_and_posts_work_across_replicas() -> None:
             assert (await stream.frame())["code"] == 4001  # B routed it to A, whose session refused it
             forged = await stream.post(b.http, {"type": "pong"}, secret="0" * 43)
             assert forged.status_code == 403
+
+
+async def test_cross_origin_pages_get_cors_and_preflights(hub: RunningHub) -> None:
+    origin = {"Origin": "https://app.example"}
+    for path in ("/sse", "/sse/ticket", "/sse/abc.def"):
+        answer = await hub.http.options(path, headers={**origin, "Access-Control-Request-Method": "POST"})
+        assert answer.status_code == 204, path
+        assert answer.headers["access-control-allow-origin"] == "https://app.example"
+        assert "last-event-id" in answer.headers["access-control-allow-headers"]
+    issued = await hub.http.post("/sse/ticket", headers={**origin, "Authorization": f"Bearer {hub.token('42')}"})
+    assert issued.headers["access-control-allow-origin"] == "https://app.example"
+    value = issued.json()["ticket"]
+    async with hub.http.stream("GET", "/sse", params={"ticket": value}, headers=origin) as response:
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+async def test_origin_outside_the_allow_list_is_refused() -> None:
+    async with run_hub("memory", allowed_origins=("https://good.example",)) as hub:
+        bad = {"Origin": "https://evil.example"}
+        assert (await hub.http.options("/sse", headers=bad)).status_code == 403
+        answer = await hub.http.post("/sse/ticket", headers={**bad, "Authorization": f"Bearer {hub.token('42')}"})
+        assert answer.status_code == 403
+        value = await ticket(hub.http, hub.token("42"))
+        assert (await hub.http.get("/sse", params={"ticket": value}, headers=bad)).status_code == 403
