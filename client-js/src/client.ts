@@ -57,6 +57,8 @@ export class HubClient extends Emitter<HubClientEvents> {
   private useSse = false;
   /** WebSocket attempts in a row that failed before `connected` (the fallback counts them). */
   private wsFailures = 0;
+  /** A WebSocket connection has worked in this client: later failures are more likely an outage. */
+  private wsWorked = false;
   private probe: { close(): void } | null = null;
   private token: string | null = null;
   private attempts = 0;
@@ -288,7 +290,10 @@ export class HubClient extends Emitter<HubClientEvents> {
   private onConnected(frame: ConnectedFrame): void {
     this.clearTimer('connectTimeout');
     this._connection = frame;
-    if (this.link?.kind === 'websocket') this.wsFailures = 0;
+    if (this.link?.kind === 'websocket') {
+      this.wsFailures = 0;
+      this.wsWorked = true;
+    }
     this.tracker.setOwner(frame.user);
     if (frame.offsets && typeof frame.offsets === 'object') this.tracker.seed(frame.offsets);
     this.pingMs = typeof frame.ping_interval === 'number' && frame.ping_interval > 0 ? frame.ping_interval * 1000 : null;
@@ -359,12 +364,16 @@ export class HubClient extends Emitter<HubClientEvents> {
   /**
    * A WebSocket attempt ended before `connected`. With `transport: 'auto'`, the
    * `sseFallbackAfter`-th such failure in a row (upgrades refused by a proxy: 1006)
-   * switches to SSE; WebSocket is tried again after `websocketRetryMs`.
+   * switches to SSE; WebSocket is tried again after `websocketRetryMs`. A browser cannot
+   * tell a refused upgrade from a hub that is down, so once WebSocket has worked in this
+   * client it takes ten times as many failures (a restart is ridden out over WebSocket;
+   * a move into a network that blocks WebSockets is still caught).
    */
   private websocketFailed(code: number): void {
     if (this.opts.transport !== 'auto' || (code !== CloseCode.ABNORMAL && code !== CLIENT_NO_PING)) return;
     this.wsFailures++;
-    if (this.wsFailures < this.opts.sseFallbackAfter) return;
+    const needed = this.wsWorked ? 10 * this.opts.sseFallbackAfter : this.opts.sseFallbackAfter;
+    if (this.wsFailures < needed) return;
     this.useSse = true;
     this.attempts = 0;
     this.setTimer('websocketRetry', this.opts.websocketRetryMs, () => this.retryWebSocket());

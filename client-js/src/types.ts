@@ -62,7 +62,10 @@ export interface HubClientOptions {
   transport?: TransportChoice;
   /** The hub's SSE endpoint (default: `url` with `ws(s)` → `http(s)` and a last path segment `ws` → `sse`). */
   sseUrl?: string;
-  /** Failed WebSocket attempts in a row (before `connected`) that make `auto` switch to SSE (default 2). */
+  /**
+   * Failed WebSocket attempts in a row (before `connected`) that make `auto` switch to SSE
+   * (default 2; ten times that once a WebSocket connection has worked in this client).
+   */
   sseFallbackAfter?: number;
   /** After falling back to SSE, try WebSocket again after this long, ms (default 300000). */
   websocketRetryMs?: number;
