@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from bench.procstat import rss_bytes
 from testkit.net import free_port
 from testkit.tokens import API_KEY, SECRET, make_token
+from testkit.waiting import wait_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 Deliver = Callable[[dict[str, Any]], None]
@@ -49,26 +49,27 @@ async def hub_process(connections: int) -> AsyncIterator[tuple[str, int]]:
         "HUB_MAX_FRAME_RATE": "1000",
     }
     hub = Path(sys.executable).parent / "hub"
-    proc = subprocess.Popen(
-        [str(hub), "serve", "--host", "127.0.0.1", "--port", str(port)],
+    proc = await asyncio.create_subprocess_exec(
+        str(hub),
+        *("serve", "--host", "127.0.0.1", "--port", str(port)),
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(timeout=2) as http:
-            for _ in range(300):
+
+            async def ready() -> bool:
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{base}/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)  # start-up poll
-            else:
-                raise RuntimeError("the hub did not become ready within 30 s")
+                    return (await http.get(f"{base}/readyz")).status_code == 200
+                return False
+
+            await wait_for(ready, timeout=30, what="the hub to be ready")
         yield base, proc.pid
     finally:
         proc.kill()
-        proc.wait(10)
+        await asyncio.wait_for(proc.wait(), 10)
 
 
 async def open_ws(base: str, user: str, deliver: Deliver) -> Callable[[], Awaitable[None]]:
@@ -152,7 +153,8 @@ async def run(transport: str, connections: int, notifications: int) -> dict[str,
         async def one(i: int) -> None:
             async with gate:
                 user = f"b{i}"
-                closer = await (open_sse(base, user, deliver, http) if transport == "sse" else open_ws(base, user, deliver))
+                opening = open_sse(base, user, deliver, http) if transport == "sse" else open_ws(base, user, deliver)
+                closer = await opening
                 closers.append(closer)
 
         started = time.monotonic()
@@ -162,11 +164,11 @@ async def run(transport: str, connections: int, notifications: int) -> dict[str,
         after = rss_bytes(pid)
         headers = {"Authorization": f"Bearer {API_KEY}"}
         for n in range(notifications):
-            await http.post(f"{base}/api/publish", json={"user": f"b{n % connections}", "data": {"n": n}}, headers=headers)
+            body = {"user": f"b{n % connections}", "data": {"n": n}}
+            await http.post(f"{base}/api/publish", json=body, headers=headers)
             await asyncio.sleep(0.01)  # a steady pace of ~100/s, not a burst
-        deadline = time.monotonic() + 30
-        while len(latencies) < notifications and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # poll for the last deliveries
+        with contextlib.suppress(AssertionError):  # what did not arrive in 30 s shows as "delivered"
+            await wait_for(lambda: len(latencies) >= notifications, timeout=30, what="the deliveries")
         for close in closers:
             await close()
     latencies.sort()
@@ -193,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [asyncio.run(run(t, args.connections, args.notifications)) for t in ("websocket", "sse")]
     load = os.getloadavg()
     print(f"\nSSE vs WebSocket, {args.connections} connections, load average {load[0]:.2f} {load[1]:.2f}\n")
-    print("| transport | open (s) | hub RSS before → after (MiB) | KiB / connection | delivered | p50 ms | p99 ms | max ms |")
+    print(
+        "| transport | open (s) | hub RSS before → after (MiB) | KiB / connection | delivered "
+        "| p50 ms | p99 ms | max ms |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

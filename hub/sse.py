@@ -22,8 +22,9 @@ reading costs what a stuck socket costs. What differs:
   ``http.disconnect``.
 
 A client of a stream never answers pings. A stream counts as alive while it takes
-writes: every ping that is written is taken as the client's ``pong``, and one that cannot
-be written within ``HUB_SEND_TIMEOUT`` aborts the connection.
+writes: every ping that is written is taken as the client's ``pong``, and a write that
+cannot finish within ``HUB_SEND_TIMEOUT`` ends the session (presence, slot, tasks); unlike
+a WebSocket, the HTTP connection is closed by uvicorn rather than reset (``_abort``).
 """
 
 from __future__ import annotations
@@ -223,6 +224,12 @@ class SseTransport(Transport):
                 await self._send({"type": "http.response.body", "body": body})
         except (TimeoutError, OSError) as exc:
             log.debug("refusing a stream with %s: the client was gone (%r)", status, exc)
+
+    async def _abort(self) -> None:
+        """No reset for an HTTP response: uvicorn's send waits on a full buffer before it looks
+        at the message, so asking would hang. The session ends; uvicorn closes the connection
+        when the app returns (what is still buffered for it is bounded by its flow control)."""
+        log.debug("a stream missed its send deadline: ending it without a reset")
 
     async def discard(self) -> None:
         await super().discard()

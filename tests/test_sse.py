@@ -4,6 +4,7 @@ as Server-Sent Events, tickets, client frames by POST, and every refusal a clear
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -231,3 +232,55 @@ async def test_origin_outside_the_allow_list_is_refused() -> None:
         assert answer.status_code == 403
         value = await ticket(hub.http, hub.token("42"))
         assert (await hub.http.get("/sse", params={"ticket": value}, headers=bad)).status_code == 403
+
+
+async def test_frame_rate_over_posts_closes_4008(backend_name: str) -> None:
+    async with run_hub(backend_name, max_frame_rate=1.0) as hub, open_stream(hub.http, hub.token("42")) as stream:
+        await stream.frame()
+        for _ in range(4):  # a burst of twice the rate is allowed; the third frame is over it
+            answer = await stream.post(hub.http, {"type": "pong"})
+            assert answer.status_code in (202, 404, 429)
+        error = await stream.frame()
+        assert error["code"] == 4008
+        assert (await stream.frame())["code"] == 4008
+
+
+async def test_post_to_a_stream_whose_replica_is_gone_is_404() -> None:
+    """Distributed: the handle names replica A; once A is gone, B finds no listener."""
+    async with environment() as env, run_hub("distributed", env=env) as b:
+        async with run_hub("distributed", env=env) as a, open_stream(a.http, a.token("42")) as stream:
+            await stream.frame()
+            hello = stream.hello
+        gone = await b.http.post(hello["post"], content="{}", headers={"Authorization": f"Bearer {hello['secret']}"})
+        assert gone.status_code == 404
+        assert "ended" in gone.json()["error"]
+
+
+async def test_a_stream_that_stops_reading_is_dropped_within_the_send_timeout() -> None:
+    """The SSE writer has the WebSocket's deadline: a client that stops reading loses its
+    session (presence, connection slot) after HUB_SEND_TIMEOUT."""
+    async with run_hub("memory", send_timeout=1.0) as hub:
+        value = await ticket(hub.http, hub.token("42"))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", hub.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /sse?ticket={value} HTTP/1.1\r\nHost: hub\r\n\r\n".encode())
+        assert b" 200 " in await reader.readline()
+
+        async def online() -> bool:
+            return (await hub.api("GET", "/api/presence/42")).json()["connections"] == 1
+
+        await wait_for(online, what="the stream to be open")
+        writer.transport.pause_reading()  # from now on this client reads nothing
+        big = "x" * 60_000
+        for _ in range(100):
+            await hub.publish("42", {"big": big})
+
+        async def dropped() -> bool:
+            return (await hub.api("GET", "/api/presence/42")).json()["connections"] == 0
+
+        await wait_for(dropped, what="the stuck stream to be dropped")
+        assert not hub.node.sessions
+        writer.close()
