@@ -24,6 +24,7 @@ from typing import NoReturn
 
 from hub.auth import Claims, TokenError
 from hub.backends.base import BackendUnavailable, Connection, Subscription
+from hub.channel import Channel, ChannelFactory
 from hub.codes import CloseCode
 from hub.delivery import Delivery, TooSlow
 from hub.host import Host
@@ -105,12 +106,26 @@ class Session:
         "transport",
     )
 
-    def __init__(self, host: Host, codec: Codec, subprotocol: str | None, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        host: Host,
+        codec: Codec,
+        subprotocol: str | None,
+        receive: Receive,
+        send: Send,
+        channel: ChannelFactory | None = None,
+    ) -> None:
+        """A session on the WebSocket of ``receive``/``send``, or on what ``channel`` makes (SSE)."""
         self.host = host
         self.codec = codec
         self._subprotocol = subprotocol
         settings = host.settings
-        self.transport = transport = Transport(receive, send, send_timeout=settings.send_timeout, on_lost=self._gone)
+        transport: Channel
+        if channel is None:
+            transport = Transport(receive, send, send_timeout=settings.send_timeout, on_lost=self._gone)
+        else:
+            transport = channel(settings.send_timeout, self._gone)
+        self.transport = transport
         self.delivery = Delivery(transport, codec, host.backend.history, settings, host.metrics)
         self.conn_id = secrets.token_hex(8)
         self.state = State.NEW

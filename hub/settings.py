@@ -123,6 +123,9 @@ class Settings:
     max_connections_per_user: int = _setting(32, "open sockets per user across the deployment (over: close 4008)")
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
     prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
+    sse_ticket_ttl: float = _setting(
+        30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §9)"
+    )
     ingest_max_length: int = _setting(1_000_000, "messages `hub.ingest` holds at most (older overflow to `hub.dead`)")
     ingest_max_priority: int = _setting(
         9,
@@ -343,6 +346,7 @@ _POSITIVE = (
     "max_connections_per_user",
     "socket_queue_size",
     "prefetch",
+    "sse_ticket_ttl",
 )
 
 #: The documented defaults, for helpers taking explicit values (one copy of each default).
