@@ -42,7 +42,7 @@ class HubApp:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/sse" and scope["method"] == "GET":
-            await self.sse.stream(scope, receive, send)  # docs/protocol.md §9
+            await self.sse.stream(scope, receive, send)  # docs/protocol.md §10
         else:
             await self.http(scope, receive, send)
 

@@ -124,7 +124,7 @@ class Settings:
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
     prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
     sse_ticket_ttl: float = _setting(
-        30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §9)"
+        30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §10)"
     )
     ingest_max_length: int = _setting(1_000_000, "messages `hub.ingest` holds at most (older overflow to `hub.dead`)")
     ingest_max_priority: int = _setting(

@@ -1,4 +1,4 @@
-"""Client frames of SSE streams, routed to the replica that holds the stream (docs/protocol.md §9).
+"""Client frames of SSE streams, routed to the replica that holds the stream (docs/protocol.md §10).
 
 A ``POST /sse/<stream>`` may reach any replica behind the balancer. The stream's handle
 names its replica, so the replica that took the POST either hands the frame to the

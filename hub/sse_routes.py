@@ -1,4 +1,4 @@
-"""The SSE endpoints (docs/protocol.md §9): tickets, streams, and client frames by POST.
+"""The SSE endpoints (docs/protocol.md §10): tickets, streams, and client frames by POST.
 
 - ``POST /sse/ticket`` with ``Authorization: Bearer <JWT>`` → ``{"ticket", "expires_in"}``
   (hub/tickets.py); 401/4009-like refusals as 401, a sick backend as 503.

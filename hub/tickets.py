@@ -1,4 +1,4 @@
-"""SSE tickets and stream secrets (docs/protocol.md §9).
+"""SSE tickets and stream secrets (docs/protocol.md §10).
 
 ``EventSource`` cannot send headers, and a long-lived JWT in a URL ends up in access
 logs. So a client trades its token for a **ticket** (``POST /sse/ticket`` with
