@@ -233,7 +233,7 @@ class Session:
             raise Disconnect(
                 CloseCode.LIMIT, f"user has {added - 1} connections, the limit is {settings.max_connections_per_user}"
             )
-        self._unread = await unread_counts(reads, claims.user, claims.topics, settings.backend_timeout)
+        self._unread = await unread_counts(backend.reads, claims.user, claims.topics, settings.backend_timeout)
         await self.delivery.recover(claims.topics, connect.since, self._greeting)
         self._set_state(State.OPEN)
         return self._subscription

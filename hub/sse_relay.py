@@ -18,10 +18,9 @@ import enum
 import logging
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, deadline
 from hub.payload import BadPayload, dumps_json, loads_json
 
 log = logging.getLogger("hub.sse_relay")
@@ -63,7 +62,7 @@ def split_handle(handle: str) -> tuple[str, str] | None:
 class Relay:
     """This replica's streams, and the way to reach the others'."""
 
-    def __init__(self, replica: str, redis: aioredis.Redis | None, *, prefix: str, timeout: float) -> None:
+    def __init__(self, replica: str, redis: RedisClient | None, *, prefix: str, timeout: float) -> None:
         self.replica = replica
         self.streams: dict[str, Inbox] = {}
         self._redis = redis
@@ -105,7 +104,7 @@ class Relay:
             return Routed.GONE
         return Routed.ACCEPTED if stream.offer(frame) else Routed.BUSY
 
-    async def _listen(self, redis: aioredis.Redis) -> None:
+    async def _listen(self, redis: RedisClient) -> None:
         """Subscribe and deliver, riding out Redis outages (redis-py resubscribes on reconnect)."""
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:

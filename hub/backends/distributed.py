@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from redis.exceptions import RedisClusterException, RedisError

@@ -30,9 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hub.backends.base import HistoryRead, issued_here
-from hub.backends.redis_client import RedisClient, ScriptCall, deadline, run_scripts, slot_of
 from hub.backends.redis_batch import batch_for
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, ScriptCall, deadline, run_scripts, slot_of
 from hub.notification import Notification, now_ms
 from hub.payload import BadPayload, loads_json, loads_msgpack
 from hub.protocol import json_dumps

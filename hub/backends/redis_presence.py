@@ -63,9 +63,8 @@ from hub.backends.presence_scripts import (
 from hub.backends.presence_scripts import COUNT_SCRIPT as COUNT_SCRIPT
 from hub.backends.presence_scripts import count_users as count_users
 from hub.backends.presence_scripts import presence_keys as presence_keys
-from hub.backends.redis_client import RedisClient, deadline
 from hub.backends.redis_batch import batch_for
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, deadline
 
 log = logging.getLogger("hub.presence")
 
