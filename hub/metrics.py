@@ -125,6 +125,11 @@ BACKEND_GAUGES: dict[str, tuple[str, str]] = {
         "hub_sequencer_inflight",
         "Ingest messages delivered to this replica's sequencer and not yet acknowledged",
     ),
+    "shards_held": ("hub_shards_held", "Ingest shards this replica sequences (HUB_INGEST_SHARDS > 1)"),
+    "shard_members": (
+        "hub_shard_members",
+        "Live replicas the ingest shards are spread over, as this replica sees them",
+    ),
 }
 
 
@@ -153,3 +158,10 @@ class _BackendCollector(Collector):
         for key, (name, documentation) in BACKEND_GAUGES.items():
             if key in stats:
                 yield GaugeMetricFamily(name, documentation, value=stats[key])
+        if "shards" in stats:
+            held = GaugeMetricFamily(
+                "hub_shard_held", "1 for each ingest shard this replica sequences, else 0", labels=["shard"]
+            )
+            for shard, mine in stats["shards"].items():
+                held.add_metric([str(shard)], 1 if mine else 0)
+            yield held

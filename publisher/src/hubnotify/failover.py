@@ -84,7 +84,8 @@ class FailoverConnection(aio_pika.RobustConnection):
             try:
                 await _connect_transport(self)
             except CONNECTION_EXCEPTIONS as exc:
-                log.debug("RabbitMQ node %s:%s not reachable: %r", self.url.host, self.url.port, exc)
+                if len(self._urls) > 1:  # with one node the caller's own error says it all
+                    log.info("RabbitMQ node %s:%s not reachable: %r", self.url.host, self.url.port, exc)
                 error = exc
                 continue
             return

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol
 
@@ -31,7 +31,8 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from hubnotify.confirm import ConfirmingExchange
 from hubnotify.failover import connect_failover
 from hubnotify.message import EXCHANGE, build_message, declare_exchange
-from hubnotify.presence import DEFAULT_PREFIX, import_redis, online_many_async
+from hubnotify.presence import DEFAULT_PREFIX, online_many_async, redis_client
+from hubnotify.reads import HubReads
 from hubnotify.topics import InvalidTopic, as_user_id, user_topic, validate_topic
 
 #: Seconds ``connect`` and each publish (until confirmed) may take by default.
@@ -89,9 +90,13 @@ class Publisher:
         ssl_context: ssl.SSLContext | None = None,
         redis_tls: Mapping[str, Any] | None = None,
         mandatory: bool = True,
+        hub_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._url = url
         self._mandatory = mandatory
+        # read state over the hub's HTTP API (hubnotify.reads): its base URL and HUB_API_KEY
+        self._reads = HubReads(hub_url, api_key=api_key or "", timeout=timeout or 30.0) if hub_url else None
         # amqps://: whom to trust and who we are (default: the system's CAs, no client certificate)
         self._ssl_context = ssl_context
         self._redis_tls = dict(redis_tls or {})  # redis-py's ssl_* options for a rediss:// redis_url
@@ -231,14 +236,39 @@ class Publisher:
         if self._redis is None:
             if self._redis_url is None:
                 raise ValueError("expected Publisher(..., redis_url=HUB_REDIS_URL) for presence queries")
-            self._redis = import_redis().asyncio.Redis.from_url(
-                self._redis_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, **self._redis_tls
-            )
+            self._redis = redis_client(self._redis_url, timeout=self._timeout, tls=self._redis_tls, asynchronous=True)
         return await online_many_async(self._redis, self._redis_prefix, users)
 
     async def is_online(self, user: str | int) -> bool:
         """Whether ``user`` has a live connection on any replica; see ``online_many``."""
         return (await self.online_many([user]))[as_user_id(user)]
+
+    # Read state (docs/protocol.md §9): the hub's HTTP API, in a worker thread.
+
+    async def unread(
+        self, users: Iterable[str | int], topics: Sequence[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """See ``hubnotify.reads.HubReads.unread``; needs ``hub_url`` and ``api_key``."""
+        return await asyncio.to_thread(self._hub_reads().unread, list(users), topics)
+
+    async def notifications(
+        self, user: str | int, *, topic: str | None = None, before: str | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        """See ``hubnotify.reads.HubReads.notifications``."""
+        reads = self._hub_reads()
+        return await asyncio.to_thread(lambda: reads.notifications(user, topic=topic, before=before, limit=limit))
+
+    async def mark_read(
+        self, user: str | int, *, topic: str | None = None, up_to: str | None = None, offsets: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """See ``hubnotify.reads.HubReads.mark_read``."""
+        reads = self._hub_reads()
+        return await asyncio.to_thread(lambda: reads.mark_read(user, topic=topic, up_to=up_to, offsets=offsets))
+
+    def _hub_reads(self) -> HubReads:
+        if self._reads is None:
+            raise RuntimeError("read state needs the hub's HTTP API: pass hub_url= and api_key=")
+        return self._reads
 
     def _ready(self) -> ConfirmingExchange:
         if self._exchange is None:
