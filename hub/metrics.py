@@ -97,6 +97,10 @@ BACKEND_COUNTERS: dict[str, tuple[str, str]] = {
         "hub_restore_failures",
         "Live queues not restored after a broker interruption (socket closed with 1013)",
     ),
+    "outage_closes": (
+        "hub_broker_outage_closes",
+        "Sockets closed with 1013 because no RabbitMQ node answered for HUB_BROKER_OUTAGE_CLOSE seconds",
+    ),
     "redis_retries": ("hub_redis_retries", "Sequencer batches retried because Redis did not answer"),
     "history_skipped": (
         "hub_history_skipped",

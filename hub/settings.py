@@ -46,13 +46,28 @@ class Settings:
         "`plain` (lines for a terminal) or `json` (one object per line: time, level, logger, message, "
         "replica, and conn_id/user for a socket's lines)",
     )
+    event_loop: str = _setting(
+        "auto",
+        "`auto` (uvloop when installed, else asyncio's), `uvloop` or `asyncio`: the event loop of `hub serve`",
+    )
     amqp_url: str | None = _setting(
         None,
         "RabbitMQ URL, or a cluster's node URLs separated by commas (the hub fails over between them); "
         "with `HUB_REDIS_URL` selects the distributed backend",
         url=True,
     )
-    redis_url: str | None = _setting(None, "Redis URL; with `HUB_AMQP_URL` selects the distributed backend", url=True)
+    redis_url: str | None = _setting(
+        None,
+        "Redis URL; with `HUB_AMQP_URL` selects the distributed backend. A Redis Cluster: "
+        "`redis+cluster://[user:password@]host:port,host:port` (any reachable nodes)",
+        url=True,
+    )
+    redis_sentinels: str | None = _setting(
+        None,
+        "`host:port,host:port`: Sentinels watching the Redis primary `HUB_REDIS_MASTER`; the hub connects to "
+        "the primary they name and follows a failover (`HUB_REDIS_URL` then gives only password, database and TLS)",
+    )
+    redis_master: str | None = _setting(None, "with `HUB_REDIS_SENTINELS`: the primary's name in the Sentinels")
     amqp_ca_file: str | None = _setting(
         None, "with `amqps://`: PEM file of the CA RabbitMQ's certificate must chain to (default: the system's CAs)"
     )
@@ -94,6 +109,11 @@ class Settings:
         3.0, "seconds any RabbitMQ or Redis call on a request path may take (then 1013 / 503)"
     )
     send_timeout: float = _setting(10.0, "seconds one write to a socket may take before the socket is aborted")
+    connect_concurrency: int = _setting(
+        64,
+        "connects that take their presence entry and live queue at once; more wait their turn, at most "
+        "`HUB_AUTH_TIMEOUT` seconds (then 1013), so a burst queues instead of timing out together",
+    )
     drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which open sockets are closed with 1012")
     ping_interval: float = _setting(25.0, "seconds between `ping` frames")
     max_frame_size: int = _setting(65_536, "largest client frame in bytes (larger: close 1009)")
@@ -103,6 +123,9 @@ class Settings:
     max_connections_per_user: int = _setting(32, "open sockets per user across the deployment (over: close 4008)")
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
     prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
+    sse_ticket_ttl: float = _setting(
+        30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §10)"
+    )
     ingest_max_length: int = _setting(1_000_000, "messages `hub.ingest` holds at most (older overflow to `hub.dead`)")
     ingest_max_priority: int = _setting(
         9,
@@ -155,6 +178,19 @@ class Settings:
     def distributed(self) -> bool:
         """True when both RabbitMQ and Redis are configured."""
         return bool(self.amqp_url and self.redis_url)
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``HUB_REDIS_SENTINELS`` as ``(host, port)`` pairs (empty without Sentinels)."""
+        if not self.redis_sentinels:
+            return ()
+        pairs = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"HUB_REDIS_SENTINELS: expected host:port[,host:port…], got {item.strip()!r}")
+            pairs.append((host.strip("[]"), int(port)))
+        return tuple(pairs)
 
     @property
     def history_enabled(self) -> bool:
@@ -228,8 +264,11 @@ class Settings:
 
     def _check_values(self) -> None:
         _tls_checks(self)
+        _redis_checks(self)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"HUB_LOG_FORMAT: expected `plain` or `json`, got {self.log_format!r}")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"HUB_EVENT_LOOP: expected `auto`, `uvloop` or `asyncio`, got {self.event_loop!r}")
         for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
             try:
                 validate_topic(getattr(self, name))
@@ -281,12 +320,27 @@ def _tls_checks(settings: Settings) -> None:
         raise ConfigError("HUB_TLS_KEY_FILE set without HUB_TLS_CERT_FILE")
 
 
+def _redis_checks(settings: Settings) -> None:
+    """A cluster URL or Sentinels, not both; Sentinels come with the primary's name."""
+    scheme = urlsplit(settings.redis_url).scheme if settings.redis_url else ""
+    if scheme == "rediss+cluster":
+        raise ConfigError("HUB_REDIS_URL: TLS to a Redis Cluster (rediss+cluster://) is not supported yet")
+    if settings.sentinel_addresses:
+        if not settings.redis_master:
+            raise ConfigError("HUB_REDIS_SENTINELS set without HUB_REDIS_MASTER (the primary's name)")
+        if scheme == "redis+cluster":
+            raise ConfigError("HUB_REDIS_SENTINELS and a redis+cluster:// HUB_REDIS_URL exclude each other")
+    elif settings.redis_master:
+        raise ConfigError("HUB_REDIS_MASTER set without HUB_REDIS_SENTINELS")
+
+
 _POSITIVE = (
     "port",
     "presence_ttl",
     "auth_timeout",
     "backend_timeout",
     "send_timeout",
+    "connect_concurrency",
     "ingest_max_length",
     "delivery_limit",
     "ingest_shards",
@@ -298,6 +352,7 @@ _POSITIVE = (
     "max_connections_per_user",
     "socket_queue_size",
     "prefetch",
+    "sse_ticket_ttl",
 )
 
 #: The documented defaults, for helpers taking explicit values (one copy of each default).

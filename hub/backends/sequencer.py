@@ -45,6 +45,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import wire
+from hub.backends.redis_client import CLUSTER_AWAY
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from hub.backends.topology import declare_ingest
 from hub.notification import now_ms
@@ -56,9 +57,19 @@ PREFETCH = 512
 RETRY_FIRST = 0.05
 RETRY_MAX = 2.0
 #: Redis errors that mean "not now" (retry the same batch in place), not "not this batch".
-REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, OSError)
+REDIS_AWAY: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    OSError,
+    *CLUSTER_AWAY,
+)
 #: Messages whose delivery count is remembered at most (the oldest are forgotten first).
 MAX_COUNTED = 10_000
+#: Topics whose newest offset is remembered to find lost history after a Redis failover
+#: (``RedisHistory.mark_lost_tails``; the least recently written are forgotten first).
+MAX_REMEMBERED = 10_000
 
 
 @dataclass(slots=True)
@@ -102,6 +113,8 @@ class Sequencer:
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
         self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._newest: OrderedDict[str, str] = OrderedDict()  # topic → offset last appended
+        self._check_lost = False  # Redis failed since: look for lost tails before appending
         self._careful = 0
         self.stats = SequencerStats()
         self.redis_error: str | None = None
@@ -249,11 +262,21 @@ class Sequencer:
             await self._process(batch, dead)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, RedisError) as exc:
             log.warning("sequencer batch of %d not done, will try again: %r", len(batch), exc)
+            if isinstance(exc, aiormq.exceptions.DeliveryError):
+                await self._replace_channel()
         except Exception:
             log.exception("sequencer batch of %d failed; will try again", len(batch))
         else:
             return True
         return False
+
+    async def _replace_channel(self) -> None:
+        """A publish was nacked: a channel may nack every publish until it is replaced (one
+        opened while a quorum queue elected its leader). Closing its underlay makes aio-pika
+        reopen it (``_reopened`` consumes again); the batch's messages come back redelivered."""
+        assert self._channel is not None
+        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            await (await self._channel.get_underlay_channel()).close()
 
     async def _back_off(self) -> None:
         self._failures += 1
@@ -291,6 +314,7 @@ class Sequencer:
                 exchange=self._settings.live_exchange,
                 routing_key=p.topic,
                 properties=wire.LIVE_PROPERTIES,
+                wait=False,  # the confirm is awaited, not the write: a batch's frames go out together
             )
             for p, (offset, _) in zip(publishes, results, strict=True)
         ]
@@ -304,12 +328,26 @@ class Sequencer:
         self.stats.duplicates += sum(1 for _, dup in results if dup)
 
     async def _append(self, entries: list[tuple[str, str, int, bytes, bytes]]) -> list[tuple[str, bool]]:
-        """Append with retries while Redis is away (not ack, not drop); other errors fail the batch."""
+        """Append with retries while Redis is away (not ack, not drop); other errors fail the batch.
+
+        A failover can lose what the old primary had not replicated yet. Each append checks
+        its own topics against the offsets this sequencer appended last; when one lost its
+        tail, or when Redis was away, every topic appended lately is checked and marked
+        (``RedisHistory.mark_lost_tails``) before the next append: a client is then told
+        ``recovered: false`` rather than shown a gap (docs/operations.md, "Failover").
+        """
         delay = RETRY_FIRST
         while True:
             try:
-                results = await self._history.append_batch(entries)
+                if self._check_lost:
+                    await self._history.mark_lost_tails(self._newest)
+                    self._check_lost = False
+                lost_before = self._history.lost_tails
+                results = await self._history.append_batch(entries, self._newest)
+                if self._history.lost_tails > lost_before:
+                    self._check_lost = True
             except REDIS_AWAY as exc:
+                self._check_lost = True
                 self.redis_error = repr(exc)
                 self.stats.redis_retries += 1
                 if self.stats.redis_retries % 20 == 1:
@@ -318,6 +356,11 @@ class Sequencer:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             self.redis_error = None
+            for (topic, *_), (offset, _) in zip(entries, results, strict=True):
+                self._newest[topic] = offset
+                self._newest.move_to_end(topic)
+            while len(self._newest) > MAX_REMEMBERED:
+                self._newest.popitem(last=False)
             return results
 
     def _dead_letter(
@@ -327,7 +370,7 @@ class Sequencer:
         log.warning("dead-lettering a message with routing key %r: %s: %s", routing_key, kind, text[:200])
         properties = wire.dead_letter_properties(message.header, routing_key, kind, text)
         return channel.basic_publish(
-            message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties
+            message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties, wait=False
         )
 
 

@@ -33,10 +33,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from aio_pika.abc import AbstractRobustConnection
 
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, deadline
 from hub.backends.redis_history import RedisHistory
 from hub.backends.sequencer import Sequencer, SequencerStats
 from hub.backends.shard_topology import shard_binding, shard_queue
@@ -98,7 +97,7 @@ class ShardCoordinator:
         self,
         connection: AbstractRobustConnection,
         history: RedisHistory,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         settings: Settings,
     ) -> None:
         self._connection = connection

@@ -65,8 +65,8 @@ class FailoverConnection(aio_pika.RobustConnection):
         return self._urls[self._index]
 
     async def _on_connection_close(self, closing: Any) -> None:
-        if not (self._close_called or self.is_closed) and len(self._urls) > 1:
-            # The node may be gone: the next attempt begins with the next node.
+        if self.connected.is_set() and not (self._close_called or self.is_closed) and len(self._urls) > 1:
+            # A connection that was up is lost; its node may be gone: begin with the next one.
             self._index = (self._index + 1) % len(self._urls)
             self.failovers += 1
         await super()._on_connection_close(closing)
@@ -75,16 +75,19 @@ class FailoverConnection(aio_pika.RobustConnection):
         """One attempt per node, from the current one on; raises the last node's error."""
         assert _connect_transport is not None
         error: BaseException | None = None
-        for _ in range(len(self._urls)):
+        first = self._index
+        for step in range(len(self._urls)):
+            self._index = (first + step) % len(self._urls)
             self.url = self._urls[self._index]
             try:
                 await _connect_transport(self)
             except CONNECTION_EXCEPTIONS as exc:
-                log.info("RabbitMQ node %s:%s not reachable: %r", self.url.host, self.url.port, exc)
+                if len(self._urls) > 1:  # with one node the caller's own error says it all
+                    log.info("RabbitMQ node %s:%s not reachable: %r", self.url.host, self.url.port, exc)
                 error = exc
-                self._index = (self._index + 1) % len(self._urls)
                 continue
             return
+        self._index = (first + 1) % len(self._urls)  # the next round begins elsewhere
         assert error is not None
         raise error
 
