@@ -153,6 +153,11 @@ class Settings:
         "more than 1 needs RabbitMQ's `rabbitmq_consistent_hash_exchange` plugin "
         "(docs/operations.md, Sharded sequencing)",
     )
+    shard_lease: float = _setting(
+        3.0,
+        "seconds a replica's claim on its ingest shards lasts after its last renewal (renewed every third of "
+        "it): how long a killed replica's shards wait before others take them",
+    )
     dead_letter: str = _setting("hub.dead", "exchange and queue for unreadable messages")
     presence_exchange: str = _setting(
         "hub.presence", "topic exchange of `presence.online.<id>` / `presence.offline.<id>` events"
@@ -339,6 +344,7 @@ _POSITIVE = (
     "ingest_max_length",
     "delivery_limit",
     "ingest_shards",
+    "shard_lease",
     "broker_outage_close",
     "ping_interval",
     "max_frame_size",

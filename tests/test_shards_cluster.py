@@ -33,6 +33,7 @@ from testkit.rabbit_node import RabbitNode, start_nodes
 from testkit.services import REDIS_URL, drop_redis_keys, names
 from testkit.tokens import API_KEY, SECRET, make_token
 from testkit.waiting import wait_for
+from tests.test_rabbit_cluster import cluster_env, heal, run_kill
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -260,3 +261,22 @@ async def test_spread_a_killed_replica_and_a_joining_one(env: dict[str, str], tm
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
+
+
+async def test_kill_the_node_leading_the_shard_queues(cluster: RabbitCluster) -> None:
+    """3 sharded replicas behind the LB on the 3-node cluster, steady publishing (HTTP and the
+    helper): kill -9 the node leading every shard's quorum queue; exactly once, in order."""
+    heal(cluster)
+    leader = cluster.nodes[0]
+    env = {**cluster_env(cluster, leader), "HUB_INGEST_SHARDS": "3"}
+    try:
+        async with run_hub("distributed", env=env):  # declares the shard queues through the leader-to-be
+            pass
+        queues = [f"{env['HUB_INGEST_QUEUE']}.{shard}" for shard in range(3)]
+        assert all(cluster.quorum_leader(queue) is leader for queue in queues)
+        env["HUB_AMQP_URL"] = cluster_env(cluster, cluster.nodes[2])["HUB_AMQP_URL"]  # the leader's loss alone
+        await run_kill(cluster, env, leader, "the node leading the 3 shard queues")
+        assert all(cluster.quorum_leader(queue) is not leader for queue in queues)
+    finally:
+        await drop_redis_keys(env["HUB_REDIS_PREFIX"])
+        heal(cluster)

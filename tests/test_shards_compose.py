@@ -62,8 +62,6 @@ def test_the_clustered_file_is_valid_and_complete() -> None:
 def test_every_hub_variable_is_a_setting() -> None:
     """A misspelt HUB_* variable would be ignored silently by a real deployment."""
     known = {env_name(field.name) for field in documented_fields()}
-    # Sentinel settings come with the Redis Sentinel work of issue 13 (branch w2-redisha).
-    known |= {"HUB_REDIS_SENTINELS", "HUB_REDIS_MASTER"}
     used = set(re.findall(r"^\s+(HUB_[A-Z_]+):", COMPOSE.read_text(), re.M))
     assert used
     assert used <= known, sorted(used - known)

@@ -3,10 +3,10 @@
 With ``HUB_INGEST_SHARDS=N`` > 1 each shard queue (``hub.backends.shard_topology``) has one
 active sequencer, and the active sequencers are spread over the live replicas:
 
-- Membership: every replica renews a short lease (``MEMBER_LEASE`` s, every ``INTERVAL``
-  s) in the sorted set ``<prefix>shards:replicas`` (replica → deadline, Redis server
+- Membership: every replica renews a short lease (``HUB_SHARD_LEASE``, 3 s, every third
+  of it) in the sorted set ``<prefix>shards:replicas`` (replica → deadline, Redis server
   time); one script renews it, drops expired members and returns the live ones. A
-  replica killed with -9 stops counting within ``MEMBER_LEASE`` s; one that shuts down
+  replica killed with -9 stops counting within the lease; one that shuts down
   leaves at once. (The presence lease is far longer, ``0.75 * HUB_PRESENCE_TTL``: shards
   would stay unsequenced that long.)
 - Assignment (``assign``): a balanced rendezvous hash over the live members, computed by
@@ -42,11 +42,6 @@ from hub.backends.shard_topology import shard_binding, shard_queue
 from hub.settings import Settings
 
 log = logging.getLogger("hub.shards")
-
-#: Seconds between lease renewals (and re-assignments).
-INTERVAL = 1.0
-#: Seconds a member counts after its last renewal.
-MEMBER_LEASE = 3.0
 
 #: KEYS[1] members; ARGV: replica, lease in ms (0: leave). Returns the live members.
 MEMBERS_SCRIPT = """
@@ -145,7 +140,7 @@ class ShardCoordinator:
 
     async def _renew(self) -> list[str]:
         async with deadline("shards lease", self._settings.backend_timeout):
-            flat = await self._members(keys=[self._key], args=[self.replica, int(MEMBER_LEASE * 1000)])
+            flat = await self._members(keys=[self._key], args=[self.replica, int(self._settings.shard_lease * 1000)])
         return [m.decode() if isinstance(m, bytes) else str(m) for m in flat]
 
     async def _run(self) -> None:
@@ -163,7 +158,7 @@ class ShardCoordinator:
                 except Exception:  # a bug here must not end the re-assignment for good
                     log.exception("shard re-assignment of %s failed; trying again", self.replica)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(INTERVAL):
+                async with asyncio.timeout(self._settings.shard_lease / 3):
                     await self._stopping.wait()
 
     async def _apply(self, owners: dict[int, str]) -> None:
