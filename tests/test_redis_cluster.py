@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from hub.backends import redis_client
 from hub.backends.redis_client import RedisClient
+from hub.backends.redis_history import JSON_KIND, RedisHistory
 from testkit.redis_cluster import RedisClusterSetup
 from tests.distributed_env import environment
 from tests.harness import Client, RunningHub, run_hub, wait_for
@@ -147,3 +150,36 @@ def test_the_publish_helper_reads_presence_from_a_cluster(cluster: RedisClusterS
     from hubnotify.presence import connections_many
 
     assert connections_many(["nobody", 7], url=cluster.url, prefix="hubtest:helper:") == {"nobody": 0, "7": 0}
+
+
+async def test_a_lost_tail_is_found_and_reported(cluster: RedisClusterSetup) -> None:
+    """What a failover leaves (streams without their newest entries), rebuilt by hand: the
+    append that finds it and the sweep (``mark_lost_tails``) make reads after an older offset
+    incomplete and keep new offsets above the lost ones."""
+    redis = redis_client.connect(cluster.url, 5.0)
+    history = RedisHistory(redis, prefix=f"hubtest:lost:{uuid.uuid4().hex[:8]}:", size=100, ttl=3600)
+    try:
+        topics = [f"user.l{n}" for n in range(4)]  # over several slots
+        entries = [(t, f"{t}-{i}", 1, JSON_KIND, b"1") for i in range(3) for t in topics]
+        offsets = [offset for offset, _ in await history.append_batch(entries)]
+        first = {t: offsets[n] for n, t in enumerate(topics)}
+        newest = {t: offsets[8 + n] for n, t in enumerate(topics)}
+        for topic in topics:  # the failover: each stream keeps only its first entry
+            stream = history.stream_key(topic)
+            await redis.delete(stream)
+            await redis.xadd(stream, {"i": f"{topic}-0", "t": 1, "k": "j", "d": "1"}, id=first[topic])
+        before = await history.read(first)
+        assert all(before[t].complete for t in topics), "the loss is not visible yet"
+
+        # an append to the first topic finds its loss before appending
+        ((appended, _),) = await history.append_batch([(topics[0], "new", 1, JSON_KIND, b"2")], newest)
+        assert history.lost_tails == 1
+        assert appended > newest[topics[0]]
+        # the sweep finds the others
+        assert sorted(await history.mark_lost_tails(newest)) == sorted(topics[1:])
+        assert await history.mark_lost_tails(newest) == []  # marked once
+        for topic in topics:
+            assert (await history.read({topic: first[topic]}))[topic].complete is False, topic
+            assert (await history.read({topic: newest[topic]}))[topic].complete is True, topic
+    finally:
+        await redis_client.close(redis)
