@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from hub.settings import ConfigError, Settings
+from hub.startup import describe_services
 from testkit.redis_sentinel import RedisSentinelSetup
 from tests.distributed_env import environment
 from tests.harness import Client, RunningHub, run_hub, wait_for
@@ -55,6 +57,7 @@ def data(frames: list[dict[str, Any]]) -> list[Any]:
 async def test_settings_reach_the_primary_through_the_sentinels() -> None:
     async with sentinel_hub() as (redis, hub, _):
         assert hub.settings.sentinel_addresses == tuple(("127.0.0.1", s.port) for s in redis.sentinels)
+        assert f"Redis primary {redis.master_name!r} of the Sentinels" in describe_services(hub.node)
         client = await hub.connect("s1")
         await publish(hub, "s1", range(3))
         assert data(await client.notifications(3)) == [0, 1, 2]
@@ -149,3 +152,22 @@ async def test_failover_under_steady_publishing() -> None:
             f"primary killed: promoted in {promoted_in:.1f} s, every user delivered again {delivered_in:.1f} s "
             f"after the kill; published/recovered {results}; lost tails found {hub.node.backend.history.lost_tails}"
         )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HUB_REDIS_SENTINELS": "127.0.0.1:26379"}, "without HUB_REDIS_MASTER"),
+        ({"HUB_REDIS_MASTER": "m"}, "without HUB_REDIS_SENTINELS"),
+        ({"HUB_REDIS_SENTINELS": "nonsense", "HUB_REDIS_MASTER": "m"}, "expected host:port"),
+        (
+            {"HUB_REDIS_SENTINELS": "h:1", "HUB_REDIS_MASTER": "m", "HUB_REDIS_URL": "redis+cluster://h:2"},
+            "exclude each other",
+        ),
+        ({"HUB_REDIS_URL": "rediss+cluster://h:2"}, "not supported yet"),
+    ],
+)
+def test_redis_settings_that_cannot_work_are_refused(env: dict[str, str], message: str) -> None:
+    base = {"HUB_AMQP_URL": "amqp://h", "HUB_REDIS_URL": "redis://h/0", "HUB_JWT_SECRET": "s", "HUB_API_KEY": "k"}
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({**base, **env})
