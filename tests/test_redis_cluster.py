@@ -84,17 +84,21 @@ async def _offline(hub: RunningHub, user: str) -> bool:
     return response.status_code == 200 and response.json()["connections"] == 0
 
 
-async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup) -> None:
-    """kill -9 the primary holding most of the users' streams: live delivery goes on (after
-    the cluster's failover) and a reconnecting client recovers exactly or is told it did not."""
-    users = [f"k{n}" for n in range(6)]
+@pytest.mark.parametrize("fault", ["cluster-failover", "kill"])
+async def test_primary_fails_over_under_steady_publishing(cluster: RedisClusterSetup, fault: str) -> None:
+    """The primary holding most of the users' streams is failed over — ``CLUSTER FAILOVER`` on
+    its replica (graceful: the replica catches up first) or kill -9 (the replica takes over
+    after ``cluster-node-timeout``): live delivery goes on and a reconnecting client recovers
+    exactly or is told it did not."""
+    users = [f"k{n}-{fault}" for n in range(6)]
     async with environment() as env, run_hub("distributed", env={**env, "HUB_REDIS_URL": cluster.url}) as hub:
         prefix = hub.settings.redis_prefix
         by_primary: dict[int, list[str]] = {}
         for user in users:
             port = cluster.primary_of(slot(hub, f"{prefix}s:{{user.{user}}}")).port
             by_primary.setdefault(port, []).append(user)
-        victim = cluster.server(max(by_primary, key=lambda p: len(by_primary[p])))
+        with_replica = [p for p in by_primary if _has_replica(cluster, p)]
+        victim = cluster.server(max(with_replica, key=lambda p: len(by_primary[p])))
         presence_primary = cluster.primary_of(slot(hub, f"{prefix}{{presence}}:replicas")).port
 
         clients: dict[str, Client] = {user: await hub.connect(user) for user in users}
@@ -116,7 +120,10 @@ async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup
         await wait_for(lambda: min(published.values()) >= 10, what="publishing to start")
         killed_at = dict(published)
         started = time.monotonic()
-        victim.kill()
+        if fault == "kill":
+            victim.kill()
+        else:
+            cluster.replica_of(victim).cli("CLUSTER", "FAILOVER")
         await wait_for(
             lambda: all(len(frames[u]) >= killed_at[u] + 10 for u in users),
             timeout=90,
@@ -136,12 +143,21 @@ async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup
             if again.connected["recovered"]:
                 assert data(await again.notifications(len(got) - middle - 1)) == got[middle + 1 :], user
             results[user] = (published[user], again.connected["recovered"])
+        await asyncio.to_thread(cluster.wait_healthy)
         stats = hub.node.backend.stats()
         print(
-            f"killed {victim.address} (presence on it: {victim.port == presence_primary}), "
-            f"users on it {by_primary[victim.port]}; every user delivered again {recovered_in:.1f} s after the kill; "
+            f"{fault} of {victim.address} (presence on it: {victim.port == presence_primary}), "
+            f"users on it {by_primary[victim.port]}; every user delivered again {recovered_in:.1f} s after it; "
             f"published/recovered {results}; redis retries {stats.get('redis_retries')}"
         )
+
+
+def _has_replica(cluster: RedisClusterSetup, port: int) -> bool:
+    try:
+        cluster.replica_of(cluster.server(port))
+    except RuntimeError:
+        return False
+    return True
 
 
 def test_the_publish_helper_reads_presence_from_a_cluster(cluster: RedisClusterSetup) -> None:
