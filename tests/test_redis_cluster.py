@@ -201,3 +201,38 @@ async def test_a_lost_tail_is_found_and_reported(cluster: RedisClusterSetup) -> 
             assert (await history.read({topic: newest[topic]}))[topic].complete is True, topic
     finally:
         await redis_client.close(redis)
+
+
+async def test_presence_primary_killed() -> None:
+    """kill -9 the primary of the ``{presence}`` slot: connects are refused with 1013 (never
+    hang) until its replica takes over, then succeed again; presence counts come back."""
+    fresh = await asyncio.to_thread(RedisClusterSetup().start)
+    try:
+        env_redis = {"HUB_REDIS_URL": fresh.url}
+        async with environment() as env, run_hub("distributed", env={**env, **env_redis}) as hub:
+            before = await hub.connect("p1")
+            victim = fresh.primary_of(slot(hub, f"{hub.settings.redis_prefix}{{presence}}:replicas"))
+            started = time.monotonic()
+            victim.kill()
+            refused = 0
+
+            async def connects() -> bool:
+                nonlocal refused
+                client = await hub.connect("p2", expect_connected=False)
+                frame = await client.recv(30)
+                await client.close()
+                if frame["type"] == "error":
+                    assert frame["code"] == 1013, frame
+                    refused += 1
+                return bool(frame["type"] == "connected")
+
+            await wait_for(connects, timeout=90, what="a connect to succeed after the failover")
+            back_in = time.monotonic() - started
+            after = await hub.connect("p2")
+            response = await hub.api("GET", "/api/presence/p2")
+            assert response.json()["connections"] >= 1
+            print(f"presence primary killed: {refused} connects refused with 1013, connects back after {back_in:.1f} s")
+            await before.close()
+            await after.close()
+    finally:
+        await asyncio.to_thread(fresh.close)
