@@ -236,7 +236,7 @@ class RedisHistory:
         """
         topics = [t for t in newest if self._recent(newest[t]) != ZERO_OFFSET]
         calls: list[ScriptCall] = [(self._mark_lost, [self.stream_key(t)], [newest[t], self._ttl_ms]) for t in topics]
-        results = await run_scripts(self._redis, calls) if calls else []
+        results = await run_scripts(self._redis, calls)
         lost = [topic for topic, marked in zip(topics, results, strict=True) if marked]
         self.lost_tails += len(lost)
         if lost:
