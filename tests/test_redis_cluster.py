@@ -226,7 +226,10 @@ async def test_presence_primary_killed() -> None:
                     refused += 1
                 return bool(frame["type"] == "connected")
 
-            await wait_for(connects, timeout=90, what="a connect to succeed after the failover")
+            try:
+                await wait_for(connects, timeout=90, what="a connect to succeed after the failover")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the cluster now: {fresh.nodes()}") from None
             back_in = time.monotonic() - started
             after = await hub.connect("p2")
             response = await hub.api("GET", "/api/presence/p2")
