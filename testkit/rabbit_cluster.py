@@ -103,9 +103,8 @@ class RabbitCluster:
         return self.node_named(leader)
 
     def connections_on(self, node: ClusterNode) -> int:
-        """How many AMQP client connections ``node`` holds now."""
-        out = node.ctl("list_connections", "name", "--formatter", "json")
-        return len(json.loads(out or "[]"))
+        """How many AMQP client connections ``node`` itself holds now (not the cluster's)."""
+        return int(node.ctl("eval", "length(rabbit_networking:local_connections()).").strip())
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL the node's whole process group (beam and its children): a crash."""

@@ -24,11 +24,13 @@ in one pipeline (atomic per topic, which is what order and de-duplication need).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hub.backends.base import HistoryRead, issued_here
+from hub.backends.redis_batch import batch_for
 from hub.backends.redis_client import RedisClient, ScriptCall, deadline, run_scripts, slot_of
 from hub.notification import Notification, now_ms
 from hub.payload import BadPayload, loads_json, loads_msgpack
@@ -167,6 +169,7 @@ class RedisHistory:
         self._append = redis.register_script(_APPEND)
         self._read = redis.register_script(_READ)
         self._mark_lost = redis.register_script(_MARK_LOST)
+        self._batch = batch_for(redis, timeout)
         self.skipped = 0
         self.lost_tails = 0
 
@@ -248,10 +251,12 @@ class RedisHistory:
         return (await self.append_batch([(topic, id, ts, JSON_KIND, encoded)]))[0]
 
     async def latest(self, topics: Sequence[str]) -> dict[str, str]:
-        async with deadline("latest offsets", self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                pipe.xrevrange(self.stream_key(topic), count=1)
-            results = await pipe.execute()
+        """Each topic's newest offset (``0-0`` for none); the reads of every connect of one loop
+        turn go to Redis in one pipeline (``RedisBatch``)."""
+        batch = self._batch
+        async with deadline("latest offsets", self._timeout):
+            reads = [batch.command("XREVRANGE", self.stream_key(topic), "+", "-", "COUNT", 1) for topic in topics]
+            results = await asyncio.gather(*reads)
         return {t: (r[0][0].decode() if r else ZERO_OFFSET) for t, r in zip(topics, results, strict=True)}
 
     async def read(self, after: Mapping[str, str]) -> dict[str, HistoryRead]:

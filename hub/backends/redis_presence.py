@@ -63,6 +63,7 @@ from hub.backends.presence_scripts import (
 from hub.backends.presence_scripts import COUNT_SCRIPT as COUNT_SCRIPT
 from hub.backends.presence_scripts import count_users as count_users
 from hub.backends.presence_scripts import presence_keys as presence_keys
+from hub.backends.redis_batch import batch_for
 from hub.backends.redis_client import RedisClient, deadline
 
 log = logging.getLogger("hub.presence")
@@ -116,6 +117,7 @@ class RedisPresence:
         self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
         self._reap = redis.register_script(REAP_SCRIPT)
         self._replicas = redis.register_script(REPLICAS_SCRIPT)
+        self._batch = batch_for(redis, timeout)  # a storm's adds and removes share pipelines
 
     def _rkey(self) -> str:
         return f"{self._base}r:{self.replica}"
@@ -155,7 +157,7 @@ class RedisPresence:
         self._local[conn.conn_id] = conn.user
         keys = [self._replicas_key, self._rkey(), self._ukey(conn.user)]
         async with self._call("presence add"):
-            live, became = await self._add(keys=keys, args=[self.replica, conn.conn_id, conn.user])
+            live, became = await self._batch.script(self._add, keys, [self.replica, conn.conn_id, conn.user])
         if became:
             await self._fire(conn.user, True)
         return int(live)
@@ -200,7 +202,7 @@ class RedisPresence:
     async def _remove_now(self, conn_id: str, user: str) -> int:
         keys = [self._replicas_key, self._rkey(), self._ukey(user)]
         async with self._call("presence remove"):
-            live, went = await self._remove(keys=keys, args=[conn_id])
+            live, went = await self._batch.script(self._remove, keys, [conn_id])
         if went:
             await self._fire(user, False)
         return int(live)
