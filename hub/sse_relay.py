@@ -18,9 +18,9 @@ import enum
 import logging
 from typing import Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-from hub.backends.redis_client import RedisClient, deadline
+from hub.backends.redis_client import RedisClient, deadline, ready
 from hub.payload import BadPayload, dumps_json, loads_json
 
 log = logging.getLogger("hub.sse_relay")
@@ -111,10 +111,16 @@ class Relay:
             while True:
                 try:
                     if not pubsub.subscribed:
+                        await ready(redis)  # a cluster client's pub/sub needs its slot map
                         await pubsub.subscribe(self._channel + self.replica)
                         self._listening.set()
                     message = await pubsub.get_message(timeout=1.0)
-                except (RedisError, OSError) as exc:
+                except (
+                    RedisError,
+                    RedisClusterException,
+                    OSError,
+                    KeyError,
+                ) as exc:  # KeyError: a slot being failed over
                     log.warning("SSE relay: Redis did not answer (%r); retrying in 1 s", exc)
                     await asyncio.sleep(1.0)  # a retry delay, not synchronisation
                     continue
