@@ -18,9 +18,10 @@ import enum
 import logging
 from typing import Protocol
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
-from hub.backends.redis_client import RedisClient, deadline, ready
+from hub.backends.redis_client import RedisClient, deadline
 from hub.payload import BadPayload, dumps_json, loads_json
 
 log = logging.getLogger("hub.sse_relay")
@@ -111,16 +112,13 @@ class Relay:
             while True:
                 try:
                     if not pubsub.subscribed:
-                        await ready(redis)  # a cluster client's pub/sub needs its slot map
+                        if isinstance(redis, RedisCluster):
+                            # its pub/sub picks a node from the slot table, loaded by a first command
+                            await redis.initialize()
                         await pubsub.subscribe(self._channel + self.replica)
                         self._listening.set()
                     message = await pubsub.get_message(timeout=1.0)
-                except (
-                    RedisError,
-                    RedisClusterException,
-                    OSError,
-                    KeyError,
-                ) as exc:  # KeyError: a slot being failed over
+                except (RedisError, OSError) as exc:
                     log.warning("SSE relay: Redis did not answer (%r); retrying in 1 s", exc)
                     await asyncio.sleep(1.0)  # a retry delay, not synchronisation
                     continue

@@ -148,13 +148,6 @@ async def close(client: RedisClient) -> None:
             await sentinel.aclose()
 
 
-async def ready(client: RedisClient) -> None:
-    """Make ``client`` usable for what does not go through a command first: a cluster client
-    learns its slot map (its pub/sub picks a node from it and fails without one)."""
-    if isinstance(client, RedisCluster):
-        await client.initialize()
-
-
 def slot_of(client: RedisClient, key: str) -> int:
     """The hash slot of ``key`` on a cluster client; 0 for any other (one slot for all)."""
     return client.keyslot(key) if isinstance(client, RedisCluster) else 0
