@@ -11,7 +11,7 @@ Layout under ``prefix`` (``settings.redis_prefix``):
 The ``{<topic>}`` hash tag puts every key of a topic in the topic's hash slot, so each
 script touches one slot and runs on a Redis Cluster as on one Redis (every key about a
 topic, read state included, follows this convention). Keys named before the tags
-(``<prefix>s:<topic>``) are not read any more: see docs/operations.md, "Upgrading".
+(``<prefix>s:<topic>``) are not read any more: see docs/operations.md §9.
 
 Retention is exact (count and age), like the embedded backend: entries are removed
 with ``XDEL`` rather than ``XTRIM`` because Redis 7.0 only advances the stream's
