@@ -8,6 +8,7 @@ RabbitMQ shared (a private vhost). Waits are conditions with deadlines, never sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -105,6 +106,7 @@ async def test_primary_fails_over_under_steady_publishing(cluster: RedisClusterS
         frames: dict[str, list[dict[str, Any]]] = {user: [] for user in users}
         published = dict.fromkeys(users, 0)
         stop = asyncio.Event()
+        finished = asyncio.Event()
 
         async def steady(user: str) -> None:
             while not stop.is_set():
@@ -112,8 +114,11 @@ async def test_primary_fails_over_under_steady_publishing(cluster: RedisClusterS
                 published[user] += 1
 
         async def receive(user: str) -> None:
-            while len(frames[user]) < published[user] or not stop.is_set():
-                frames[user].append(await clients[user].recv(timeout=60))
+            # until the publishers are done (a publish in flight at the stop still counts) and
+            # every notification they published arrived; a recv that times out (cancel-safe) retries
+            while not (finished.is_set() and len(frames[user]) >= published[user]):
+                with contextlib.suppress(TimeoutError):
+                    frames[user].append(await clients[user].recv(timeout=0.5))
 
         publishers = [asyncio.create_task(steady(user)) for user in users]
         receivers = [asyncio.create_task(receive(user)) for user in users]
@@ -132,6 +137,7 @@ async def test_primary_fails_over_under_steady_publishing(cluster: RedisClusterS
         recovered_in = time.monotonic() - started
         stop.set()
         await asyncio.gather(*publishers)
+        finished.set()
         await asyncio.wait_for(asyncio.gather(*receivers), 60)
 
         results = {}

@@ -108,6 +108,7 @@ async def test_failover_under_steady_publishing() -> None:
         clients = {user: await hub.connect(user) for user in users}
         frames: dict[str, list[dict[str, Any]]] = {user: [] for user in users}
         stop = asyncio.Event()
+        finished = asyncio.Event()
         published = {user: 0 for user in users}
 
         async def steady(user: str) -> None:
@@ -116,8 +117,11 @@ async def test_failover_under_steady_publishing() -> None:
                 published[user] += 1
 
         async def receive(user: str, client: Client) -> None:
-            while len(frames[user]) < published[user] or not stop.is_set():
-                frames[user].append(await client.recv(timeout=60))
+            # until the publishers are done (a publish in flight at the stop still counts) and
+            # every notification they published arrived; a recv that times out (cancel-safe) retries
+            while not (finished.is_set() and len(frames[user]) >= published[user]):
+                with contextlib.suppress(TimeoutError):
+                    frames[user].append(await client.recv(timeout=0.5))
 
         publishers = [asyncio.create_task(steady(user)) for user in users]
         await wait_for(lambda: min(published.values()) >= 10, what="publishing to start")
@@ -134,6 +138,7 @@ async def test_failover_under_steady_publishing() -> None:
         delivered_in = time.monotonic() - started
         stop.set()
         await asyncio.gather(*publishers)
+        finished.set()
         await asyncio.wait_for(asyncio.gather(*receivers), 60)
 
         results = {}
