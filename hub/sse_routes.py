@@ -77,7 +77,7 @@ class SseGateway:
         """Stop the relay and let go of Redis."""
         await self.relay.close()
         if self._redis is not None:
-            await self._redis.aclose()
+            await redis_client.close(self._redis)  # with Sentinels, their connections too
 
     def routes(self) -> list[Any]:
         """The POST routes, for the replica's Starlette app."""

@@ -122,9 +122,12 @@ def describe_services(node: Node) -> str:
     except AttributeError:
         pass
     history = f"history {settings.history_size} per topic" if settings.history_enabled else "history off"
+    redis = f"Redis at {redact_url(settings.redis_url)}"
+    if settings.redis_sentinels:
+        redis = f"Redis primary {settings.redis_master!r} of the Sentinels at {settings.redis_sentinels}"
     return (
         f"{broker} at {redact_url(settings.amqp_url)} (vhost {vhost!r}); "
-        f"Redis at {redact_url(settings.redis_url)} (key prefix {settings.redis_prefix!r}); {history}"
+        f"{redis} (key prefix {settings.redis_prefix!r}); {history}"
     )
 
 

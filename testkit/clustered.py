@@ -66,7 +66,7 @@ async def clustered_environment(*, history: bool = True) -> AsyncIterator[dict[s
     left to the cluster's removal at exit (a private cluster: nobody else reads them)."""
     redis, rabbit = await asyncio.to_thread(shared_clusters)
     env = {
-        "HUB_AMQP_URL": rabbit.nodes[0].amqp_url(),
+        "HUB_AMQP_URL": rabbit.urls(),  # every node: the hub fails over between them
         "HUB_REDIS_URL": redis.url,
         "HUB_INGEST_SHARDS": str(SHARDS),
         **names(),

@@ -65,13 +65,18 @@ class RedisClusterSetup:
         return self
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Until every live node says ``cluster_state:ok`` and sees 3 primaries with slots."""
+        """Until every live node says ``cluster_state:ok`` and sees 3 primaries with slots, and
+        every live replica is in sync with its primary (a replica that never synced refuses to
+        take over: its data would be too old)."""
 
         def healthy() -> bool:
             for server in self.servers:
                 if not server.alive:
                     continue
                 if cluster_info(server).get("cluster_state") != "ok":
+                    return False
+                replication = server.info("replication")
+                if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
                     return False
                 if len([n for n in self.nodes(server) if n.primary and n.slots and not n.failed]) != 3:
                     return False

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Generator
 
 import pytest
 
-from testkit.clustered import stop_shared_clusters
+from testkit.clustered import shared_clusters, stop_shared_clusters
 from testkit.hubs import BACKENDS, WITH_HISTORY, RunningHub, run_hub
 from testkit.services import ServiceMissing
 
@@ -74,6 +74,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if excinfo is not None and excinfo.errisinstance(ServiceMissing) and isinstance(report, pytest.TestReport):
         report.longrepr = str(excinfo.value)
     return report
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The ``clustered`` backend's clusters start once collected tests need them: here, before
+    the first test, so their start-up (tens of seconds) counts against no test's timeout."""
+    if any("[clustered" in item.nodeid for item in session.items):
+        shared_clusters()
 
 
 def pytest_sessionfinish() -> None:

@@ -8,13 +8,17 @@ RabbitMQ shared (a private vhost). Waits are conditions with deadlines, never sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from hub.backends import redis_client
 from hub.backends.redis_client import RedisClient
+from hub.backends.redis_history import JSON_KIND, RedisHistory
 from testkit.redis_cluster import RedisClusterSetup
 from tests.distributed_env import environment
 from tests.harness import Client, RunningHub, run_hub, wait_for
@@ -81,23 +85,28 @@ async def _offline(hub: RunningHub, user: str) -> bool:
     return response.status_code == 200 and response.json()["connections"] == 0
 
 
-async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup) -> None:
-    """kill -9 the primary holding most of the users' streams: live delivery goes on (after
-    the cluster's failover) and a reconnecting client recovers exactly or is told it did not."""
-    users = [f"k{n}" for n in range(6)]
+@pytest.mark.parametrize("fault", ["cluster-failover", "kill"])
+async def test_primary_fails_over_under_steady_publishing(cluster: RedisClusterSetup, fault: str) -> None:
+    """The primary holding most of the users' streams is failed over — ``CLUSTER FAILOVER`` on
+    its replica (graceful: the replica catches up first) or kill -9 (the replica takes over
+    after ``cluster-node-timeout``): live delivery goes on and a reconnecting client recovers
+    exactly or is told it did not."""
+    users = [f"k{n}-{fault}" for n in range(6)]
     async with environment() as env, run_hub("distributed", env={**env, "HUB_REDIS_URL": cluster.url}) as hub:
         prefix = hub.settings.redis_prefix
         by_primary: dict[int, list[str]] = {}
         for user in users:
             port = cluster.primary_of(slot(hub, f"{prefix}s:{{user.{user}}}")).port
             by_primary.setdefault(port, []).append(user)
-        victim = cluster.server(max(by_primary, key=lambda p: len(by_primary[p])))
+        with_replica = [p for p in by_primary if _has_replica(cluster, p)]
+        victim = cluster.server(max(with_replica, key=lambda p: len(by_primary[p])))
         presence_primary = cluster.primary_of(slot(hub, f"{prefix}{{presence}}:replicas")).port
 
         clients: dict[str, Client] = {user: await hub.connect(user) for user in users}
         frames: dict[str, list[dict[str, Any]]] = {user: [] for user in users}
         published = dict.fromkeys(users, 0)
         stop = asyncio.Event()
+        finished = asyncio.Event()
 
         async def steady(user: str) -> None:
             while not stop.is_set():
@@ -105,15 +114,21 @@ async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup
                 published[user] += 1
 
         async def receive(user: str) -> None:
-            while len(frames[user]) < published[user] or not stop.is_set():
-                frames[user].append(await clients[user].recv(timeout=60))
+            # until the publishers are done (a publish in flight at the stop still counts) and
+            # every notification they published arrived; a recv that times out (cancel-safe) retries
+            while not (finished.is_set() and len(frames[user]) >= published[user]):
+                with contextlib.suppress(TimeoutError):
+                    frames[user].append(await clients[user].recv(timeout=0.5))
 
         publishers = [asyncio.create_task(steady(user)) for user in users]
         receivers = [asyncio.create_task(receive(user)) for user in users]
         await wait_for(lambda: min(published.values()) >= 10, what="publishing to start")
         killed_at = dict(published)
         started = time.monotonic()
-        victim.kill()
+        if fault == "kill":
+            victim.kill()
+        else:
+            cluster.replica_of(victim).cli("CLUSTER", "FAILOVER")
         await wait_for(
             lambda: all(len(frames[u]) >= killed_at[u] + 10 for u in users),
             timeout=90,
@@ -122,6 +137,7 @@ async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup
         recovered_in = time.monotonic() - started
         stop.set()
         await asyncio.gather(*publishers)
+        finished.set()
         await asyncio.wait_for(asyncio.gather(*receivers), 60)
 
         results = {}
@@ -133,12 +149,21 @@ async def test_primary_killed_under_steady_publishing(cluster: RedisClusterSetup
             if again.connected["recovered"]:
                 assert data(await again.notifications(len(got) - middle - 1)) == got[middle + 1 :], user
             results[user] = (published[user], again.connected["recovered"])
+        await asyncio.to_thread(cluster.wait_healthy)
         stats = hub.node.backend.stats()
         print(
-            f"killed {victim.address} (presence on it: {victim.port == presence_primary}), "
-            f"users on it {by_primary[victim.port]}; every user delivered again {recovered_in:.1f} s after the kill; "
+            f"{fault} of {victim.address} (presence on it: {victim.port == presence_primary}), "
+            f"users on it {by_primary[victim.port]}; every user delivered again {recovered_in:.1f} s after it; "
             f"published/recovered {results}; redis retries {stats.get('redis_retries')}"
         )
+
+
+def _has_replica(cluster: RedisClusterSetup, port: int) -> bool:
+    try:
+        cluster.replica_of(cluster.server(port))
+    except RuntimeError:
+        return False
+    return True
 
 
 def test_the_publish_helper_reads_presence_from_a_cluster(cluster: RedisClusterSetup) -> None:
@@ -147,3 +172,76 @@ def test_the_publish_helper_reads_presence_from_a_cluster(cluster: RedisClusterS
     from hubnotify.presence import connections_many
 
     assert connections_many(["nobody", 7], url=cluster.url, prefix="hubtest:helper:") == {"nobody": 0, "7": 0}
+
+
+async def test_a_lost_tail_is_found_and_reported(cluster: RedisClusterSetup) -> None:
+    """What a failover leaves (streams without their newest entries), rebuilt by hand: the
+    append that finds it and the sweep (``mark_lost_tails``) make reads after an older offset
+    incomplete and keep new offsets above the lost ones."""
+    redis = redis_client.connect(cluster.url, 5.0)
+    history = RedisHistory(redis, prefix=f"hubtest:lost:{uuid.uuid4().hex[:8]}:", size=100, ttl=3600)
+    try:
+        topics = [f"user.l{n}" for n in range(4)]  # over several slots
+        entries = [(t, f"{t}-{i}", 1, JSON_KIND, b"1") for i in range(3) for t in topics]
+        offsets = [offset for offset, _ in await history.append_batch(entries)]
+        first = {t: offsets[n] for n, t in enumerate(topics)}
+        newest = {t: offsets[8 + n] for n, t in enumerate(topics)}
+        for topic in topics:  # the failover: each stream keeps only its first entry
+            stream = history.stream_key(topic)
+            await redis.delete(stream)
+            await redis.xadd(stream, {"i": f"{topic}-0", "t": 1, "k": "j", "d": "1"}, id=first[topic])
+        before = await history.read(first)
+        assert all(before[t].complete for t in topics), "the loss is not visible yet"
+
+        # an append to the first topic finds its loss before appending
+        ((appended, _),) = await history.append_batch([(topics[0], "new", 1, JSON_KIND, b"2")], newest)
+        assert history.lost_tails == 1
+        assert appended > newest[topics[0]]
+        # the sweep finds the others
+        assert sorted(await history.mark_lost_tails(newest)) == sorted(topics[1:])
+        assert await history.mark_lost_tails(newest) == []  # marked once
+        # an offset older than the TTL is not looked for: its stream may have expired idle
+        assert await history.mark_lost_tails({"user.idle": "1000-0"}) == []
+        for topic in topics:
+            assert (await history.read({topic: first[topic]}))[topic].complete is False, topic
+            assert (await history.read({topic: newest[topic]}))[topic].complete is True, topic
+    finally:
+        await redis_client.close(redis)
+
+
+async def test_presence_primary_killed() -> None:
+    """kill -9 the primary of the ``{presence}`` slot: connects are refused with 1013 (never
+    hang) until its replica takes over, then succeed again; presence counts come back."""
+    fresh = await asyncio.to_thread(RedisClusterSetup().start)
+    try:
+        env_redis = {"HUB_REDIS_URL": fresh.url}
+        async with environment() as env, run_hub("distributed", env={**env, **env_redis}) as hub:
+            before = await hub.connect("p1")
+            victim = fresh.primary_of(slot(hub, f"{hub.settings.redis_prefix}{{presence}}:replicas"))
+            started = time.monotonic()
+            victim.kill()
+            refused = 0
+
+            async def connects() -> bool:
+                nonlocal refused
+                client = await hub.connect("p2", expect_connected=False)
+                frame = await client.recv(30)
+                await client.close()
+                if frame["type"] == "error":
+                    assert frame["code"] == 1013, frame
+                    refused += 1
+                return bool(frame["type"] == "connected")
+
+            try:
+                await wait_for(connects, timeout=90, what="a connect to succeed after the failover")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the cluster now: {fresh.nodes()}") from None
+            back_in = time.monotonic() - started
+            after = await hub.connect("p2")
+            response = await hub.api("GET", "/api/presence/p2")
+            assert response.json()["connections"] >= 1
+            print(f"presence primary killed: {refused} connects refused with 1013, connects back after {back_in:.1f} s")
+            await before.close()
+            await after.close()
+    finally:
+        await asyncio.to_thread(fresh.close)

@@ -165,6 +165,8 @@ async def run_scripts(client: RedisClient, calls: Sequence[ScriptCall]) -> list[
     cluster) and only those calls run again, so no call is applied twice. Any other
     error is raised, after every call of the pipeline was attempted.
     """
+    if not calls:
+        return []
     results = await _pipelined(client, calls)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:

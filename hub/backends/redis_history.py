@@ -11,7 +11,7 @@ Layout under ``prefix`` (``settings.redis_prefix``):
 The ``{<topic>}`` hash tag puts every key of a topic in the topic's hash slot, so each
 script touches one slot and runs on a Redis Cluster as on one Redis (every key about a
 topic, read state included, follows this convention). Keys named before the tags
-(``<prefix>s:<topic>``) are not read any more: see docs/operations.md, "Upgrading".
+(``<prefix>s:<topic>``) are not read any more: see docs/operations.md §9.
 
 Retention is exact (count and age), like the embedded backend: entries are removed
 with ``XDEL`` rather than ``XTRIM`` because Redis 7.0 only advances the stream's
@@ -180,6 +180,14 @@ class RedisHistory:
     def _dedup_prefix(self, topic: str) -> str:
         return f"{self._prefix}d:{{{topic}}}:"
 
+    def _recent(self, offset: str) -> str:
+        """``offset`` if its stream cannot have expired since (younger than the TTL, with a
+        minute to spare for clocks), else ``0-0``: an idle stream's key expires, which is
+        not a loss to look for (a read after an offset that old is incomplete anyway)."""
+        if offset == ZERO_OFFSET or self._ttl_ms <= 0:
+            return offset
+        return offset if parse_offset(offset)[0] > now_ms() - self._ttl_ms + 60_000 else ZERO_OFFSET
+
     def _horizon(self) -> int:
         return now_ms() - self._ttl_ms if self._ttl_ms > 0 else 0
 
@@ -197,7 +205,8 @@ class RedisHistory:
 
         ``newest`` (topic → the offset this writer appended last) lets each call find a
         lost tail of the streams it appends to (see ``mark_lost_tails``) and mark it before
-        appending; ``lost_tails`` counts the streams found so.
+        appending; ``lost_tails`` counts the streams found so. Offsets too old for their
+        stream to be certain to exist are not checked (``_recent``).
         """
         head: list[str | int | bytes] = [self._size, self._horizon(), self._ttl_ms]
         groups: dict[int, tuple[list[int], list[str], list[str | int | bytes]]] = {}
@@ -206,7 +215,7 @@ class RedisHistory:
             positions, keys, args = groups.setdefault(slot_of(self._redis, stream), ([], [], list(head)))
             positions.append(n)
             keys += (stream, self._dedup_prefix(topic) + id)
-            args += (id, ts, kind, data, (newest or {}).get(topic, ZERO_OFFSET))
+            args += (id, ts, kind, data, self._recent((newest or {}).get(topic, ZERO_OFFSET)))
         calls: list[ScriptCall] = [(self._append, keys, args) for _, keys, args in groups.values()]
         out: list[tuple[str, bool]] = [("", False)] * len(entries)
         for (positions, _, _), result in zip(groups.values(), await run_scripts(self._redis, calls), strict=True):
@@ -228,9 +237,9 @@ class RedisHistory:
         silent gap. Must run before the writer appends again to those topics: a new entry
         above the lost offset would hide the loss.
         """
-        topics = list(newest)
+        topics = [t for t in newest if self._recent(newest[t]) != ZERO_OFFSET]
         calls: list[ScriptCall] = [(self._mark_lost, [self.stream_key(t)], [newest[t], self._ttl_ms]) for t in topics]
-        results = await run_scripts(self._redis, calls) if calls else []
+        results = await run_scripts(self._redis, calls)
         lost = [topic for topic, marked in zip(topics, results, strict=True) if marked]
         self.lost_tails += len(lost)
         if lost:

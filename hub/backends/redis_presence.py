@@ -29,7 +29,7 @@ one slot, on one primary of the cluster. The cost, chosen over splitting the scr
 (an add or a reap would lose its atomicity, and with it "exactly one caller sees each
 transition"): presence does not spread over the cluster's shards. Every connect and
 close is a script on that one primary (~2 small hash writes), and it holds two hash
-fields per connected socket (docs/operations.md, "Redis Cluster").
+fields per connected socket (docs/operations.md §12).
 
 Outages: every call on a connect's path (``add``, ``remove``, ``count``) takes at most
 ``timeout`` seconds and then raises BackendUnavailable — except ``remove``, which never

@@ -356,7 +356,7 @@ class Sequencer:
         its own topics against the offsets this sequencer appended last; when one lost its
         tail, or when Redis was away, every topic appended lately is checked and marked
         (``RedisHistory.mark_lost_tails``) before the next append: a client is then told
-        ``recovered: false`` rather than shown a gap (docs/operations.md, "Failover").
+        ``recovered: false`` rather than shown a gap (docs/operations.md §12).
         """
         delay = RETRY_FIRST
         while True:
