@@ -146,7 +146,7 @@ def run(node: Node, *, reuse_port: bool = False) -> None:
     (aio-pika's reconnect loop does, after a start that timed out): leftovers get
     ``HUB_BACKEND_TIMEOUT`` to finish, then the loop closes without them.
     """
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(node.settings.event_loop)
     try:
         loop.run_until_complete(serve(node, reuse_port=reuse_port))
     finally:
@@ -163,6 +163,21 @@ def run(node: Node, *, reuse_port: bool = False) -> None:
             # still schedule callbacks, which needs a loop that is not closed, and their
             # "destroyed but pending" report is expected.
             loop.set_exception_handler(lambda loop, context: log.debug("at exit: %s", context.get("message")))
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new loop of ``kind`` (``HUB_EVENT_LOOP``): uvloop writes what one loop turn sends to
+    a socket in one system call, and costs less per notification (docs/benchmarks.md);
+    ``auto`` takes it when installed. Raises StartupError for ``uvloop`` without it."""
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise StartupError("HUB_EVENT_LOOP=uvloop, but uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 async def _serve_started(node: Node, sock: socket.socket) -> None:

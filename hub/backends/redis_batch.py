@@ -24,9 +24,10 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from hub.backends.redis_client import RedisClient
 
 log = logging.getLogger("hub.redis")
 
@@ -38,10 +39,10 @@ MAX_IN_FLIGHT = 4
 Key = str | bytes
 Arg = str | bytes | int | float
 
-_batches: weakref.WeakKeyDictionary[Redis, RedisBatch] = weakref.WeakKeyDictionary()
+_batches: weakref.WeakKeyDictionary[RedisClient, RedisBatch] = weakref.WeakKeyDictionary()
 
 
-def batch_for(redis: Redis, timeout: float) -> RedisBatch:
+def batch_for(redis: RedisClient, timeout: float) -> RedisBatch:
     """The one ``RedisBatch`` of ``redis`` (shared by presence and history, so their calls of a
     loop turn travel together); ``timeout`` bounds each pipeline (``settings.backend_timeout``)."""
     batch = _batches.get(redis)
@@ -67,7 +68,7 @@ class RedisBatch:
     pipeline failed as a whole (every call of it then raises).
     """
 
-    def __init__(self, redis: Redis, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, timeout: float) -> None:
         self._redis = redis
         self._timeout = timeout
         self._pending: list[_Call] = []
