@@ -55,7 +55,7 @@ def _profile(concurrency: int) -> Profile:
         storm=True,
         fanout_subs=0,
         fanout_rates=(),
-        drain_s=10,
+        drain_s=30,
         receivers=2,
         publishers=1,
         connect_concurrency=concurrency,
