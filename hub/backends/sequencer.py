@@ -245,6 +245,7 @@ class Sequencer:
         results = await self._append(entries) if entries else []
         assert self._channel is not None
         live = await self._channel.get_underlay_channel()
+        assert isinstance(live, aiormq.Channel), f"expected an aiormq Channel, got {type(live).__name__}"
         confirms: list[Awaitable[object]] = [
             live.basic_publish(
                 wire.json_frame(p.id, p.topic, offset, p.ts, p.data_json).encode(),
@@ -282,7 +283,7 @@ class Sequencer:
             return results
 
     def _dead_letter(
-        self, channel: aiormq.abc.AbstractChannel, message: DeliveredMessage, kind: str, text: str
+        self, channel: aiormq.Channel, message: DeliveredMessage, kind: str, text: str
     ) -> Awaitable[object]:
         routing_key = message.routing_key
         log.warning("dead-lettering a message with routing key %r: %s: %s", routing_key, kind, text[:200])
