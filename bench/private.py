@@ -100,3 +100,7 @@ def running() -> Iterator[Services]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             redis.wait(10)
         shutil.rmtree(base, ignore_errors=True)
+
+
+#: ``bench.connects`` and ``bench.rabbit_floor`` call it by this name.
+private = running

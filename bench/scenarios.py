@@ -181,7 +181,9 @@ class Harness:
         t_all = max(x["t_all"] for x in replies)
         ok = sum(x["ok"] for x in replies)
         probe_rate = min(5000.0, max(200.0, len(self.users) / 2))
-        probe = self.step(probe_rate, len(self.users) / probe_rate)
+        # Each publisher round-robins over every user: long enough for each to reach each user
+        # once (one round split over the publishers left half the users without a probe: n/a).
+        probe = self.step(probe_rate, len(self.users) * self.profile.publishers / probe_rate)
         stats = [r.call({"op": "stats"}, 60) for r in self.receivers]
         with_msg = sum(s["with_msg"] for s in stats)
         last = max(s["first_ns_max"] for s in stats)

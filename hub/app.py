@@ -14,12 +14,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from hub import read_api
 from hub.backends.base import BackendUnavailable
 from hub.http_api import HttpError, guarded, parse_publish, read_body
 from hub.node import Node
 from hub.protocol import choose_codec
 from hub.session import Receive, Scope, Send, Session
 from hub.settings import Settings
+from hub.sse_routes import SseGateway
 from hub.startup import start_node
 from hub.topics import InvalidTopic, validate_user_id
 
@@ -33,11 +35,14 @@ class HubApp:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.http = _starlette(node)
+        self.sse = SseGateway(node, lambda: node.started and not node.draining)
+        self.http = _starlette(node, self.sse)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/sse" and scope["method"] == "GET":
+            await self.sse.stream(scope, receive, send)  # docs/protocol.md §10
         else:
             await self.http(scope, receive, send)
 
@@ -70,16 +75,18 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> Hu
     return HubApp(node)
 
 
-def _starlette(node: Node) -> Starlette:
+def _starlette(node: Node, sse: SseGateway) -> Starlette:
     settings = node.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not node.started:  # ``hub serve`` starts it before uvicorn, to fail with one line
             await start_node(node)
+        await sse.start()
         try:
             yield
         finally:
+            await sse.close()
             await node.close()
 
     def require_key(request: Request) -> None:
@@ -113,6 +120,18 @@ def _starlette(node: Node) -> Starlette:
             raise HttpError(503, f"presence is unavailable, try again: {exc}") from None
         return JSONResponse({"users": {u: {"online": c > 0, "connections": c} for u, c in counts.items()}})
 
+    async def unread(request: Request) -> Response:
+        require_key(request)
+        return await read_api.unread(node.backend.reads, request)
+
+    async def notifications(request: Request) -> Response:
+        require_key(request)
+        return await read_api.page(node.backend.reads, request)
+
+    async def mark_read(request: Request) -> Response:
+        require_key(request)
+        return await read_api.mark(node.backend.reads, request)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "replica": settings.replica_id})
 
@@ -129,9 +148,13 @@ def _starlette(node: Node) -> Starlette:
         Route("/api/publish", guarded(publish), methods=["POST"]),
         Route("/api/presence", guarded(presence_many), methods=["GET"]),
         Route("/api/presence/{user}", guarded(presence), methods=["GET"]),
+        Route("/api/unread", guarded(unread), methods=["GET"]),
+        Route("/api/notifications/{user}", guarded(notifications), methods=["GET"]),
+        Route("/api/read", guarded(mark_read), methods=["POST"]),
         Route("/healthz", guarded(healthz), methods=["GET"]),
         Route("/readyz", guarded(readyz), methods=["GET"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
+        *sse.routes(),
     ]
     if settings.demo_enabled:
         routes += _demo_routes(node)

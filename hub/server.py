@@ -22,6 +22,11 @@ from hub.tls import server_options
 from hub.workers import listening_socket
 
 log = logging.getLogger("hub.server")
+#: The WebSocket protocol's own lines: uvicorn's and websockets' per-connection INFO lines
+#: ("[accepted]", "connection open", "connection closed") cost a formatted, written line per
+#: connect and per close (a reconnect storm writes tens of thousands); they are DEBUG-only
+#: here (``build_server``), their warnings and errors still show.
+WEBSOCKET_LOG = logging.getLogger("uvicorn.error.websocket")
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -46,6 +51,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.close_timeout = self.close_deadline
+        self.logger = self.conn.logger = WEBSOCKET_LOG
 
     async def send(self, message: Any) -> None:
         if message["type"] == "hub.abort":
@@ -93,6 +99,7 @@ def build_server(node: Node) -> uvicorn.Server:
     protocol-level pings (the hub pings in protocol v1), and a close handshake bounded
     by ``send_timeout``."""
     settings = node.settings
+    WEBSOCKET_LOG.setLevel(logging.DEBUG if settings.log_level == "debug" else logging.WARNING)
     config = uvicorn.Config(
         create_app(node=node),
         host=settings.host,

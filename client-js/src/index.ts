@@ -9,6 +9,7 @@ export type {
   HubErrorKind,
   HubNotification,
   StateChange,
+  TransportChoice,
   WebSocketConstructor,
   WebSocketLike,
 } from './types.js';
@@ -20,6 +21,8 @@ export { fullJitterDelay } from './backoff.js';
 export { compareOffsets, MemoryStorage, WebStorage } from './offsets.js';
 export type { OffsetStorage, StoredOffsets } from './offsets.js';
 export { decodeClaims } from './jwt.js';
+export { MAX_READ_OFFSETS, ReadTracker } from './reads.js';
+export type { MarkReadOptions, ReadMarks, UnreadEvent } from './reads.js';
 export type { TokenClaims } from './jwt.js';
 export type {
   ClientFrame,
@@ -29,6 +32,12 @@ export type {
   NotificationFrame,
   PingFrame,
   PongFrame,
+  ReadFrame,
+  ReadRequestFrame,
   RefreshFrame,
   ServerFrame,
 } from './frames.js';
+export type { Transport, TransportHandlers, TransportKind } from './transport.js';
+export { WebSocketTransport } from './ws-transport.js';
+export { SseTransport, defaultSseUrl, eventId } from './sse-transport.js';
+export type { FetchLike } from './sse-transport.js';
