@@ -18,6 +18,7 @@ import enum
 import logging
 from typing import Protocol
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from hub.backends.redis_client import RedisClient, deadline
@@ -111,6 +112,9 @@ class Relay:
             while True:
                 try:
                     if not pubsub.subscribed:
+                        if isinstance(redis, RedisCluster):
+                            # its pub/sub picks a node from the slot table, loaded by a first command
+                            await redis.initialize()
                         await pubsub.subscribe(self._channel + self.replica)
                         self._listening.set()
                     message = await pubsub.get_message(timeout=1.0)
