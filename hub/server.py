@@ -166,9 +166,9 @@ def run(node: Node, *, reuse_port: bool = False) -> None:
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """A new loop of ``kind`` (``HUB_EVENT_LOOP``): uvloop writes what one loop turn sends to
-    a socket in one system call, and costs less per notification (docs/benchmarks.md);
-    ``auto`` takes it when installed. Raises StartupError for ``uvloop`` without it."""
+    """A new loop of ``kind`` (``HUB_EVENT_LOOP``): asyncio's own, or uvloop (``auto``: when
+    installed). uvloop did not cost less per notification in docs/benchmarks.md, so it is
+    optional. Raises StartupError for ``uvloop`` when it is not installed."""
     if kind != "asyncio":
         try:
             import uvloop

@@ -47,8 +47,9 @@ class Settings:
         "replica, and conn_id/user for a socket's lines)",
     )
     event_loop: str = _setting(
-        "auto",
-        "`auto` (uvloop when installed, else asyncio's), `uvloop` or `asyncio`: the event loop of `hub serve`",
+        "asyncio",
+        "the event loop of `hub serve`: `asyncio` (its own), `uvloop` (needs the `uvloop` package) or `auto` "
+        "(uvloop when installed); uvloop did not measure cheaper here (docs/benchmarks.md)",
     )
     amqp_url: str | None = _setting(
         None,

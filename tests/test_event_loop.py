@@ -25,3 +25,7 @@ def test_the_loop_asked_for_is_the_loop_made(kind: str, uv: bool) -> None:
 def test_an_unknown_loop_is_a_configuration_error_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="HUB_EVENT_LOOP"):
         Settings.from_env({"HUB_EVENT_LOOP": "tokio"})
+
+
+def test_asyncio_is_the_default() -> None:
+    assert Settings.from_env({}).event_loop == "asyncio"
