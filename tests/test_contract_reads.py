@@ -260,3 +260,18 @@ async def test_a_stalled_read_store_is_1013_quickly_and_the_hub_serves_on(histor
         [frame] = await other.notifications(1)
         assert frame["data"] == {"still": "served"}
         await other.close()
+
+
+async def test_http_unread_for_many_users(history_hub: RunningHub) -> None:
+    hub = history_hub
+    tab = await hub.connect("u57")
+    await published(hub, [tab], 2, user="u57")
+    users = [f"u{n}" for n in range(100)]
+    answer = await hub.api("GET", "/api/unread", params={"user": ",".join(users)})
+    assert answer.status_code == 200, answer.text
+    counts = answer.json()["users"]
+    assert list(counts) == users
+    assert {u: c[f"user.{u}"] for u, c in counts.items() if c[f"user.{u}"]} == {"u57": 2}
+    too_many = await hub.api("GET", "/api/unread", params={"user": ",".join(f"u{n}" for n in range(1001))})
+    assert too_many.status_code == 400
+    await tab.close()
