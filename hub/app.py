@@ -21,6 +21,7 @@ from hub.node import Node
 from hub.protocol import choose_codec
 from hub.session import Receive, Scope, Send, Session
 from hub.settings import Settings
+from hub.sse_routes import SseGateway
 from hub.startup import start_node
 from hub.topics import InvalidTopic, validate_user_id
 
@@ -34,11 +35,14 @@ class HubApp:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.http = _starlette(node)
+        self.sse = SseGateway(node, lambda: node.started and not node.draining)
+        self.http = _starlette(node, self.sse)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/sse" and scope["method"] == "GET":
+            await self.sse.stream(scope, receive, send)  # docs/protocol.md §10
         else:
             await self.http(scope, receive, send)
 
@@ -71,16 +75,18 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> Hu
     return HubApp(node)
 
 
-def _starlette(node: Node) -> Starlette:
+def _starlette(node: Node, sse: SseGateway) -> Starlette:
     settings = node.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not node.started:  # ``hub serve`` starts it before uvicorn, to fail with one line
             await start_node(node)
+        await sse.start()
         try:
             yield
         finally:
+            await sse.close()
             await node.close()
 
     def require_key(request: Request) -> None:
@@ -148,6 +154,7 @@ def _starlette(node: Node) -> Starlette:
         Route("/healthz", guarded(healthz), methods=["GET"]),
         Route("/readyz", guarded(readyz), methods=["GET"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),
+        *sse.routes(),
     ]
     if settings.demo_enabled:
         routes += _demo_routes(node)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 from hub.backends.base import History, Subscription, SubscriptionGap, SubscriptionOverflow
+from hub.channel import Channel
 from hub.cursor import Cursor
 from hub.lease import BackendTimeout
 from hub.metrics import Metrics
@@ -23,7 +24,6 @@ from hub.notification import Notification, now_ms
 from hub.protocol import Codec, Wire
 from hub.settings import Settings
 from hub.topics import Offset
-from hub.transport import Transport
 
 log = logging.getLogger("hub.delivery")
 
@@ -51,7 +51,7 @@ class Delivery:
     )
 
     def __init__(
-        self, transport: Transport, codec: Codec, history: History | None, settings: Settings, metrics: Metrics
+        self, transport: Channel, codec: Codec, history: History | None, settings: Settings, metrics: Metrics
     ) -> None:
         self._transport = transport
         self._codec = codec

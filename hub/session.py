@@ -24,10 +24,11 @@ from typing import NoReturn
 
 from hub.auth import Claims, TokenError
 from hub.backends.base import BackendUnavailable, Connection, Subscription
+from hub.channel import Channel, ChannelFactory
 from hub.codes import CloseCode
 from hub.delivery import Delivery, TooSlow
 from hub.host import Host
-from hub.lease import BackendTimeout, acquire, release
+from hub.lease import BackendTimeout, acquire, release, turns
 from hub.liveness import Liveness
 from hub.logs import bind_connection
 from hub.protocol import (
@@ -105,12 +106,26 @@ class Session:
         "transport",
     )
 
-    def __init__(self, host: Host, codec: Codec, subprotocol: str | None, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        host: Host,
+        codec: Codec,
+        subprotocol: str | None,
+        receive: Receive,
+        send: Send,
+        channel: ChannelFactory | None = None,
+    ) -> None:
+        """A session on the WebSocket of ``receive``/``send``, or on what ``channel`` makes (SSE)."""
         self.host = host
         self.codec = codec
         self._subprotocol = subprotocol
         settings = host.settings
-        self.transport = transport = Transport(receive, send, send_timeout=settings.send_timeout, on_lost=self._gone)
+        transport: Channel
+        if channel is None:
+            transport = Transport(receive, send, send_timeout=settings.send_timeout, on_lost=self._gone)
+        else:
+            transport = channel(settings.send_timeout, self._gone)
+        self.transport = transport
         self.delivery = Delivery(transport, codec, host.backend.history, settings, host.metrics)
         self.conn_id = secrets.token_hex(8)
         self.state = State.NEW
@@ -210,14 +225,15 @@ class Session:
             if topic not in claims.topics:
                 raise Disconnect(CloseCode.FORBIDDEN, f"topic {topic!r} in 'since' is not granted by the token")
         self._conn = Connection(self.conn_id, claims.user, settings.replica_id)
-        reads = self.host.backend.reads
-        keys = subscription_keys(reads, claims.user, claims.topics)
-        added, self._subscription = await acquire(self.host.backend, self._conn, keys, settings.backend_timeout)
+        backend = self.host.backend
+        keys = subscription_keys(backend.reads, claims.user, claims.topics)
+        async with turns(backend, settings.connect_concurrency, settings.auth_timeout).turn():  # a burst queues
+            added, self._subscription = await acquire(backend, self._conn, keys, settings.backend_timeout)
         if added > settings.max_connections_per_user:
             raise Disconnect(
                 CloseCode.LIMIT, f"user has {added - 1} connections, the limit is {settings.max_connections_per_user}"
             )
-        self._unread = await unread_counts(reads, claims.user, claims.topics, settings.backend_timeout)
+        self._unread = await unread_counts(backend.reads, claims.user, claims.topics, settings.backend_timeout)
         await self.delivery.recover(claims.topics, connect.since, self._greeting)
         self._set_state(State.OPEN)
         return self._subscription

@@ -55,13 +55,14 @@ class PeerGone(Exception):
 
 class _Control:
     """A frame the hub itself sends (ping, error), not counted in ``backlog``; or, with
-    ``message``, an ASGI message of its own (the acceptance, the close)."""
+    ``message``, an ASGI message of its own (the acceptance, the close: ``final``)."""
 
-    __slots__ = ("message", "wire")
+    __slots__ = ("final", "message", "wire")
 
-    def __init__(self, wire: Wire | None = None, message: Message | None = None) -> None:
+    def __init__(self, wire: Wire | None = None, message: Message | None = None, final: bool = False) -> None:
         self.wire = wire
         self.message = message
+        self.final = final
 
 
 #: An outbox item: a notification frame, a control item, or a callback to run once
@@ -169,7 +170,7 @@ class Transport:
         self._writer = asyncio.current_task()  # the writer for now: a ping meanwhile waits its turn
         try:
             for sent, wire in enumerate(frames):
-                if not await self._send_now(_message(wire)):
+                if not await self._send_now(self._message(wire)):
                     return frames[sent:], then
         finally:
             self._writer = None
@@ -229,7 +230,7 @@ class Transport:
         del outbox[self._head :]  # what is being sent stays; the rest is dropped
         self.backlog = 0
         outbox.append(_Control(farewell))
-        outbox.append(_Control(message={"type": "websocket.close", "code": code, "reason": reason}))
+        outbox.append(_Control(message=self._close_message(code, reason), final=True))
         self._start_writer()
         try:
             await self.flush()
@@ -247,6 +248,16 @@ class Transport:
         if writer is not None:
             writer.cancel()
             await asyncio.wait((writer,))  # never raises the writer's cancellation; ours propagates
+
+    # ------------------------------------------------ what a frame is on this socket
+
+    def _message(self, wire: Wire) -> Message:
+        """The ASGI message carrying ``wire`` (a subclass carries frames another way: hub/sse.py)."""
+        return _message(wire)
+
+    def _close_message(self, code: int, reason: str) -> Message:
+        """The ASGI message that ends the connection, after which nothing is sent."""
+        return {"type": "websocket.close", "code": code, "reason": reason}
 
     # -------------------------------------------------------------------- the writer
 
@@ -268,7 +279,7 @@ class Transport:
                     del outbox[: self._head]
                     self._head = 0
                 if isinstance(item, str | bytes):
-                    await self._deliver(_message(item))
+                    await self._deliver(self._message(item))
                     self.backlog -= 1
                 elif isinstance(item, _Control):
                     await self._deliver_control(item)
@@ -300,9 +311,9 @@ class Transport:
         message = item.message
         if message is None:
             assert item.wire is not None
-            message = _message(item.wire)
+            message = self._message(item.wire)
         await self._deliver(message)
-        if message["type"] == "websocket.close":
+        if item.final:
             self.closed = True
             del self._outbox[self._head :]
 

@@ -1,13 +1,13 @@
 import { fullJitterDelay } from './backoff.js';
 import { CLIENT_NO_PING, CloseCode, closeCodeName, reconnectPolicy } from './codes.js';
 import type { ReconnectPolicy } from './codes.js';
-import { SUBPROTOCOLS, codecFor, jsonCodec } from './codec.js';
-import type { Codec } from './codec.js';
+import { SUBPROTOCOLS } from './codec.js';
 import { Emitter } from './emitter.js';
 import { invalidFrameReason } from './frames.js';
 import type {
   ClientFrame,
   ConnectedFrame,
+  ConnectFrame,
   ErrorFrame,
   NotificationFrame,
   RawFrame,
@@ -19,18 +19,19 @@ import { decodeClaims, refreshDelay } from './jwt.js';
 import { BrowserWatch } from './browser.js';
 import { MemoryStorage, OffsetTracker, WebStorage } from './offsets.js';
 import type { OffsetStorage } from './offsets.js';
+import { SseTransport, defaultSseUrl } from './sse-transport.js';
+import type { FetchLike } from './sse-transport.js';
+import type { Transport, TransportKind } from './transport.js';
 import { HubClientError } from './types.js';
 import type {
   ConnectionState,
   HubClientEvents,
   HubClientOptions,
   WebSocketConstructor,
-  WebSocketLike,
 } from './types.js';
+import { WebSocketTransport } from './ws-transport.js';
 
-const OPEN = 1;
-
-type TimerName = 'reconnect' | 'connectTimeout' | 'watchdog' | 'refresh' | 'stable';
+type TimerName = 'reconnect' | 'connectTimeout' | 'watchdog' | 'refresh' | 'stable' | 'websocketRetry';
 
 /**
  * A connection to the notification hub that stays connected: it reconnects
@@ -41,9 +42,10 @@ type TimerName = 'reconnect' | 'connectTimeout' | 'watchdog' | 'refresh' | 'stab
  */
 export class HubClient extends Emitter<HubClientEvents> {
   private readonly opts: Required<
-    Omit<HubClientOptions, 'storage' | 'storageKey' | 'WebSocket' | 'watchBrowser'>
+    Omit<HubClientOptions, 'storage' | 'storageKey' | 'WebSocket' | 'watchBrowser' | 'fetch'>
   >;
   private readonly WS: WebSocketConstructor | undefined;
+  private readonly fetchFn: FetchLike | undefined;
   private readonly tracker: OffsetTracker;
   private readonly browser: BrowserWatch | null;
   private readonly timers = new Map<TimerName, ReturnType<typeof setTimeout>>();
@@ -53,8 +55,14 @@ export class HubClient extends Emitter<HubClientEvents> {
   private offline = false;
   /** Bumped by every attempt and by disconnect(): stale async results compare it. */
   private epoch = 0;
-  private ws: WebSocketLike | null = null;
-  private codec: Codec = jsonCodec;
+  private link: Transport | null = null;
+  /** SSE instead of WebSocket: chosen (`transport: 'sse'`) or fallen back to (`'auto'`). */
+  private useSse = false;
+  /** WebSocket attempts in a row that failed before `connected` (the fallback counts them). */
+  private wsFailures = 0;
+  /** A WebSocket connection has worked in this client: later failures are more likely an outage. */
+  private wsWorked = false;
+  private probe: { close(): void } | null = null;
   private token: string | null = null;
   private attempts = 0;
   /** One immediate retry (1012, 4001, 4009) is allowed until a connection is stable again. */
@@ -84,11 +92,21 @@ export class HubClient extends Emitter<HubClientEvents> {
       connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
       refreshLeadMs: options.refreshLeadMs ?? 30_000,
       random: options.random ?? Math.random,
+      transport: options.transport ?? 'auto',
+      sseUrl: options.sseUrl ?? defaultSseUrl(options.url),
+      sseFallbackAfter: options.sseFallbackAfter ?? 2,
+      websocketRetryMs: options.websocketRetryMs ?? 300_000,
     };
+    if (!['auto', 'websocket', 'sse'].includes(this.opts.transport)) {
+      throw new TypeError(`HubClient: expected transport 'auto', 'websocket' or 'sse', got ${String(options.transport)}`);
+    }
+    this.useSse = this.opts.transport === 'sse';
     if (this.opts.protocol !== 'json' && this.opts.protocol !== 'msgpack') {
       throw new TypeError(`HubClient: expected protocol 'json' or 'msgpack', got ${String(options.protocol)}`);
     }
     this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    const globalFetch = (globalThis as { fetch?: FetchLike }).fetch;
+    this.fetchFn = options.fetch ?? (globalFetch ? (input, init) => globalFetch(input, init) : undefined);
     this.tracker = new OffsetTracker(makeStorage(options.storage, options.storageKey ?? `notification-hub:${options.url}`));
     const watch = options.watchBrowser ?? typeof window !== 'undefined';
     this.browser = watch
@@ -108,6 +126,11 @@ export class HubClient extends Emitter<HubClientEvents> {
   /** The `connected` frame of the current connection, or null when not connected. */
   get connection(): ConnectedFrame | null {
     return this._connection;
+  }
+
+  /** What carries the current connection (`websocket` or `sse`), or null when there is none. */
+  get transport(): TransportKind | null {
+    return this.link?.kind ?? null;
   }
 
   /** The last offset seen per topic (the resume point of the next reconnect). */
@@ -160,6 +183,7 @@ export class HubClient extends Emitter<HubClientEvents> {
     this.epoch++;
     this.browser?.detach();
     this.closeSocket(CloseCode.NORMAL, 'client disconnect');
+    this.closeProbe();
     this.clearTimers();
     if (wasActive) {
       this.emit('disconnected', { code: CloseCode.NORMAL, reason: 'client disconnect', reconnect: false, delayMs: null });
@@ -208,41 +232,47 @@ export class HubClient extends Emitter<HubClientEvents> {
   }
 
   private openSocket(token: string): void {
-    const WS = this.WS;
-    if (!WS) {
-      this.failAttempt(new HubClientError('transport', 'no WebSocket implementation: pass options.WebSocket'));
-      return;
+    const handlers = {
+      frame: (frame: RawFrame) => {
+        if (link === this.link) this.onFrame(frame);
+      },
+      unreadable: (err: unknown) => {
+        if (link === this.link) {
+          this.emit('error', new HubClientError('protocol', `unreadable frame from hub: ${describe(err)}`, null, false, { cause: err }));
+        }
+      },
+      closed: (code: number, reason: string) => {
+        if (link !== this.link) return;
+        this.link = null;
+        this.onClose(code, reason, link.kind);
+      },
+    };
+    let link: Transport;
+    if (this.useSse) {
+      if (!this.fetchFn) {
+        this.failAttempt(new HubClientError('transport', 'no fetch implementation for SSE: pass options.fetch'));
+        return;
+      }
+      link = new SseTransport(this.opts.sseUrl, this.fetchFn, handlers);
+    } else {
+      if (!this.WS) {
+        this.failAttempt(new HubClientError('transport', 'no WebSocket implementation: pass options.WebSocket'));
+        return;
+      }
+      link = new WebSocketTransport(this.opts.url, this.opts.protocol, this.WS, handlers);
     }
-    let ws: WebSocketLike;
-    try {
-      ws = new WS(this.opts.url, [SUBPROTOCOLS[this.opts.protocol]]);
-    } catch (err) {
-      this.failAttempt(new HubClientError('transport', `cannot open ${this.opts.url}: ${describe(err)}`, null, false, { cause: err }));
-      return;
-    }
-    this.ws = ws;
+    this.link = link;
     this.serverError = null;
-    ws.binaryType = 'arraybuffer';
-    ws.onopen = () => {
-      if (ws !== this.ws) return;
-      this.codec = codecFor(ws.protocol, this.opts.protocol);
-      this.lastHeard = Date.now();
-      this.send(this.connectFrame(token));
-    };
-    ws.onmessage = (ev) => {
-      if (ws === this.ws) this.onMessage(ev.data);
-    };
-    ws.onclose = (ev) => {
-      if (ws !== this.ws) return;
-      this.ws = null;
-      this.onClose(ev.code, ev.reason);
-    };
-    ws.onerror = () => {
-      // A close event always follows; the close code says more than the error does.
-    };
+    this.lastHeard = Date.now();
+    try {
+      link.start(this.connectFrame(token));
+    } catch (err) {
+      this.link = null;
+      this.failAttempt(new HubClientError('transport', `cannot open ${this.opts.url}: ${describe(err)}`, null, false, { cause: err }));
+    }
   }
 
-  private connectFrame(token: string): ClientFrame {
+  private connectFrame(token: string): ConnectFrame {
     const claims = decodeClaims(token);
     if (claims?.sub !== undefined && this.tracker.owner !== null && this.tracker.owner !== claims.sub) {
       this.tracker.reset(); // another user logged in in this tab
@@ -259,15 +289,8 @@ export class HubClient extends Emitter<HubClientEvents> {
 
   // -- receiving ------------------------------------------------------------
 
-  private onMessage(data: unknown): void {
+  private onFrame(frame: RawFrame): void {
     this.lastHeard = Date.now();
-    let frame: RawFrame;
-    try {
-      frame = this.codec.decode(data);
-    } catch (err) {
-      this.emit('error', new HubClientError('protocol', `unreadable frame from hub: ${describe(err)}`, null, false, { cause: err }));
-      return;
-    }
     const invalid = invalidFrameReason(frame);
     if (invalid !== null) {
       // Unknown frame types are ignored so that the hub can add some.
@@ -301,6 +324,10 @@ export class HubClient extends Emitter<HubClientEvents> {
   private onConnected(frame: ConnectedFrame): void {
     this.clearTimer('connectTimeout');
     this._connection = frame;
+    if (this.link?.kind === 'websocket') {
+      this.wsFailures = 0;
+      this.wsWorked = true;
+    }
     this.tracker.setOwner(frame.user);
     if (frame.offsets && typeof frame.offsets === 'object') this.tracker.seed(frame.offsets);
     this.pingMs = typeof frame.ping_interval === 'number' && frame.ping_interval > 0 ? frame.ping_interval * 1000 : null;
@@ -346,8 +373,9 @@ export class HubClient extends Emitter<HubClientEvents> {
 
   // -- closing and reconnecting -----------------------------------------
 
-  private onClose(code: number, reason: string): void {
+  private onClose(code: number, reason: string, kind: TransportKind | null = null): void {
     this.epoch++; // results of this connection's pending getToken() calls are stale now
+    if (kind === 'websocket' && this._connection === null) this.websocketFailed(code);
     this.clearSocketTimers();
     this._connection = null;
     if (!this.active) {
@@ -379,6 +407,56 @@ export class HubClient extends Emitter<HubClientEvents> {
     if (delay !== null) this.setTimer('reconnect', delay, () => this.open());
   }
 
+  // -- falling back to SSE and back -------------------------------------
+
+  /**
+   * A WebSocket attempt ended before `connected`. With `transport: 'auto'`, the
+   * `sseFallbackAfter`-th such failure in a row (upgrades refused by a proxy: 1006)
+   * switches to SSE; WebSocket is tried again after `websocketRetryMs`. A browser cannot
+   * tell a refused upgrade from a hub that is down, so once WebSocket has worked in this
+   * client it takes ten times as many failures (a restart is ridden out over WebSocket;
+   * a move into a network that blocks WebSockets is still caught).
+   */
+  private websocketFailed(code: number): void {
+    if (this.opts.transport !== 'auto' || (code !== CloseCode.ABNORMAL && code !== CLIENT_NO_PING)) return;
+    this.wsFailures++;
+    const needed = this.wsWorked ? 10 * this.opts.sseFallbackAfter : this.opts.sseFallbackAfter;
+    if (this.wsFailures < needed) return;
+    this.useSse = true;
+    this.attempts = 0;
+    this.setTimer('websocketRetry', this.opts.websocketRetryMs, () => this.retryWebSocket());
+  }
+
+  /** Probe WebSocket again; once an upgrade succeeds, move the connection over (it resumes from its offsets). */
+  private retryWebSocket(): void {
+    const WS = this.WS;
+    if (!this.active || !WS) return;
+    let probe;
+    try {
+      probe = new WS(this.opts.url, [SUBPROTOCOLS[this.opts.protocol]]);
+    } catch {
+      this.setTimer('websocketRetry', this.opts.websocketRetryMs, () => this.retryWebSocket());
+      return;
+    }
+    this.probe = probe;
+    probe.onopen = () => {
+      probe.onclose = null;
+      probe.close(CloseCode.NORMAL, 'probe');
+      this.probe = null;
+      if (!this.active) return;
+      this.useSse = false;
+      this.wsFailures = 0;
+      if (this.link?.kind === 'sse') {
+        this.closeSocket(CloseCode.NORMAL, 'moving to WebSocket');
+        this.open();
+      }
+    };
+    probe.onclose = () => {
+      this.probe = null;
+      if (this.active) this.setTimer('websocketRetry', this.opts.websocketRetryMs, () => this.retryWebSocket());
+    };
+  }
+
   /** An attempt failed before a socket existed (token, constructor): back off and retry. */
   private failAttempt(error: HubClientError): void {
     this.emit('error', error);
@@ -387,23 +465,17 @@ export class HubClient extends Emitter<HubClientEvents> {
 
   /** Closes the current socket (if any) from our side and goes through the close path at once. */
   private drop(code: number, reason: string): void {
+    const kind = this.link?.kind ?? null;
     this.closeSocket(code === CLIENT_NO_PING ? CLIENT_NO_PING : CloseCode.NORMAL, reason);
-    this.onClose(code, reason);
+    this.onClose(code, reason, kind);
   }
 
   private closeSocket(code: number, reason: string): void {
-    const ws = this.ws;
-    this.ws = null;
+    const link = this.link;
+    this.link = null;
     this.clearSocketTimers();
     this._connection = null;
-    if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onerror = null;
-    ws.onclose = null;
-    try {
-      ws.close(code, reason.slice(0, 120));
-    } catch {
-      // already closing
-    }
+    link?.close(code, reason);
   }
 
   private nextDelay(policy: ReconnectPolicy): number {
@@ -470,7 +542,7 @@ export class HubClient extends Emitter<HubClientEvents> {
     this.offline = true;
     if (!this.active) return;
     this.clearTimer('reconnect');
-    if (this.ws || this.timers.has('connectTimeout')) {
+    if (this.link || this.timers.has('connectTimeout')) {
       this.drop(CloseCode.ABNORMAL, 'browser offline');
     }
   }
@@ -478,7 +550,7 @@ export class HubClient extends Emitter<HubClientEvents> {
   private onOnline(): void {
     const wasOffline = this.offline;
     this.offline = false;
-    if (!this.active || this.ws) return;
+    if (!this.active || this.link) return;
     if (wasOffline || this.timers.has('reconnect')) {
       this.attempts = 0;
       this.open();
@@ -496,11 +568,19 @@ export class HubClient extends Emitter<HubClientEvents> {
 
   // -- helpers ----------------------------------------------------------
 
-  private send(frame: ClientFrame): void {
-    const ws = this.ws;
-    if (!ws || ws.readyState !== OPEN) return;
+  private closeProbe(): void {
+    const probe = this.probe;
+    this.probe = null;
     try {
-      ws.send(this.codec.encode(frame));
+      probe?.close();
+    } catch {
+      // already closing
+    }
+  }
+
+  private send(frame: ClientFrame): void {
+    try {
+      this.link?.send(frame);
     } catch (err) {
       this.emit('error', new HubClientError('transport', `send failed: ${describe(err)}`, null, false, { cause: err }));
     }

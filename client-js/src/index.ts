@@ -9,6 +9,7 @@ export type {
   HubErrorKind,
   HubNotification,
   StateChange,
+  TransportChoice,
   WebSocketConstructor,
   WebSocketLike,
 } from './types.js';
@@ -36,3 +37,7 @@ export type {
   RefreshFrame,
   ServerFrame,
 } from './frames.js';
+export type { Transport, TransportHandlers, TransportKind } from './transport.js';
+export { WebSocketTransport } from './ws-transport.js';
+export { SseTransport, defaultSseUrl, eventId } from './sse-transport.js';
+export type { FetchLike } from './sse-transport.js';

@@ -3,6 +3,9 @@ import type { ConnectedFrame, NotificationFrame, ReadFrame } from './frames.js';
 import type { UnreadEvent } from './reads.js';
 import type { OffsetStorage } from './offsets.js';
 
+/** Which transports the client may use (see {@link HubClientOptions.transport}). */
+export type TransportChoice = 'auto' | 'websocket' | 'sse';
+
 /** The client's connection state. `connecting` also covers waiting to reconnect. */
 export type ConnectionState = 'disconnected' | 'connecting' | 'connected';
 
@@ -51,6 +54,24 @@ export interface HubClientOptions {
   connectTimeoutMs?: number;
   /** Refresh the token this long before its `exp`, ms (default 30000; at most half its life). */
   refreshLeadMs?: number;
+  /**
+   * What carries the connection: `auto` (default) uses WebSocket and falls back to
+   * Server-Sent Events after `sseFallbackAfter` failed upgrades in a row (a proxy
+   * that refuses WebSockets), trying WebSocket again every `websocketRetryMs`;
+   * `websocket` or `sse` use only that one. The app sees the same events either way.
+   */
+  transport?: TransportChoice;
+  /** The hub's SSE endpoint (default: `url` with `ws(s)` → `http(s)` and a last path segment `ws` → `sse`). */
+  sseUrl?: string;
+  /**
+   * Failed WebSocket attempts in a row (before `connected`) that make `auto` switch to SSE
+   * (default 2; ten times that once a WebSocket connection has worked in this client).
+   */
+  sseFallbackAfter?: number;
+  /** After falling back to SSE, try WebSocket again after this long, ms (default 300000). */
+  websocketRetryMs?: number;
+  /** fetch implementation for SSE (default: the global `fetch`). */
+  fetch?: (input: string, init?: RequestInit) => Promise<Response>;
   /** WebSocket implementation (default: the global `WebSocket`). */
   WebSocket?: WebSocketConstructor;
   /** Follow `online`/`offline` and page visibility (default: true where `window` exists). */

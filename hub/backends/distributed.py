@@ -21,22 +21,24 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
-import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from hub import amqp_decode, wire
-from hub.backends import redis_client
+from hub.backends import amqp_writes, redis_client
 from hub.backends.base import BackendUnavailable, Presence
 from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
 from hub.backends.redis_reads import RedisReads
 from hub.backends.sequencer import Sequencer
+from hub.backends.shard_topology import declare_shards, ingest_queues
+from hub.backends.shards import ShardCoordinator
 from hub.backends.topology import declare_topology
 from hub.read_frames import ReadEvent, event_body, read_key
 from hub.settings import Settings, redact_url
 from hub.tls import amqp_ssl_context, redis_ssl_options
+from hubnotify.failover import FailoverConnection, split_urls
 
 log = logging.getLogger("hub.distributed")
 
@@ -55,8 +57,12 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = redis_client.connect(
-            settings.redis_url, settings.backend_timeout, redis_ssl_options(settings)
+        self._redis: redis_client.RedisClient = redis_client.connect(
+            settings.redis_url,
+            settings.backend_timeout,
+            redis_ssl_options(settings),
+            sentinels=settings.sentinel_addresses,
+            master=settings.redis_master,
         )
         self._history = (
             RedisHistory(
@@ -93,6 +99,7 @@ class DistributedBackend:
         self._connection: AbstractRobustConnection | None = None
         self._broker: LiveBroker | None = None
         self._sequencer: Sequencer | None = None
+        self._shards: ShardCoordinator | None = None  # HUB_INGEST_SHARDS > 1 (hub/backends/shards.py)
         self._presence_exchange: AbstractExchange | None = None
         self._read_exchange: AbstractExchange | None = None  # the live exchange, for read events
         self._observer: AbstractRobustChannel | None = None
@@ -148,17 +155,21 @@ class DistributedBackend:
         # Built here rather than by connect_robust, so that a failed first attempt can be
         # closed (its reconnection task stopped); ``timeout`` bounds every later attempt
         # too, so a reconnect to a port that accepts TCP and never speaks AMQP gives up.
-        self._connection = connection = aio_pika.RobustConnection(
-            aio_pika.connection.make_url(settings.amqp_url),
+        # One URL, or a cluster's nodes comma-separated: FailoverConnection moves between them.
+        self._connection = connection = FailoverConnection(
+            split_urls(settings.amqp_url),
             client_properties={"connection_name": f"hub {settings.replica_id}"},
             reconnect_interval=RECONNECT_INTERVAL,
             ssl_context=amqp_ssl_context(settings),
         )
+        amqp_writes.install(connection)  # one write per loop turn, not one per frame
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             await connection.connect(timeout=settings.backend_timeout)
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             channel = await connection.channel()
             await declare_topology(channel, settings)
+            if self._history is not None and settings.ingest_shards > 1:
+                await declare_shards(channel, settings)  # first: a missing plugin closes the connection
             # Presence events are fire-and-forget (no confirm, no return): a connect must not
             # wait a broker round trip for an event nobody may be listening to.
             events = await connection.channel(publisher_confirms=False)
@@ -167,9 +178,13 @@ class DistributedBackend:
                 self._read_exchange = await events.get_exchange(settings.live_exchange, ensure=False)
             self._broker = LiveBroker(connection, settings)
             await self._broker.start()
-            if self._history is not None:
+            if self._history is not None and settings.ingest_shards > 1:
+                self._shards = ShardCoordinator(connection, self._history, self._redis, settings)
+                await self._shards.start()
+            elif self._history is not None:
                 self._sequencer = Sequencer(connection, self._history, settings)
                 await self._sequencer.start()
+            if self._history is not None:
                 # its own channel: a passive declare of a queue that is gone closes the channel
                 self._observer = await connection.channel(publisher_confirms=False)
         async with _answering("Redis", settings.redis_url, settings.backend_timeout):
@@ -179,6 +194,9 @@ class DistributedBackend:
         if self._sequencer is not None:
             await self._sequencer.close()
             self._sequencer = None
+        if self._shards is not None:
+            await self._shards.close()
+            self._shards = None
         with contextlib.suppress(Exception):
             await self._presence.close()
         if self._broker is not None:
@@ -186,7 +204,7 @@ class DistributedBackend:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
-        await self._redis.aclose()
+        await redis_client.close(self._redis)
 
     async def check(self) -> dict[str, str | None]:
         """Each service's health, both probed at once within ``backend_timeout``: RabbitMQ
@@ -219,7 +237,12 @@ class DistributedBackend:
         stats: dict[str, Any] = {}
         if self._broker is not None:
             broker = self._broker
-            stats.update(overflows=broker.overflows, dropped=broker.dropped, restore_failures=broker.restore_failures)
+            stats.update(
+                overflows=broker.overflows,
+                dropped=broker.dropped,
+                restore_failures=broker.restore_failures,
+                outage_closes=broker.outage_closes,
+            )
         if self._history is not None:
             stats["history_skipped"] = self._history.skipped
         if self._sequencer is not None:
@@ -232,6 +255,8 @@ class DistributedBackend:
                 ingest_lag_seconds=s.last_lag_ms / 1000,
                 sequencer_inflight=self._sequencer.inflight,
             )
+        if self._shards is not None:
+            stats.update(self._shards.stats())
         if self._ingest is not None:
             stats.update(ingest_backlog=self._ingest[0], ingest_consumers=self._ingest[1])
         return stats
@@ -242,15 +267,19 @@ class DistributedBackend:
         observer = self._observer
         if observer is None:
             return
+        messages = consumers = 0
         try:
             async with asyncio.timeout(self._settings.backend_timeout):
                 channel = await observer.get_underlay_channel()
-                declared = await channel.queue_declare(self._settings.ingest_queue, passive=True)
+                for queue in ingest_queues(self._settings):  # every shard, summed
+                    declared = await channel.queue_declare(queue, passive=True)
+                    messages += declared.message_count or 0
+                    consumers += declared.consumer_count or 0
         except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.debug("could not read %s's length: %r", self._settings.ingest_queue, exc)
             self._ingest = None
             return
-        self._ingest = (declared.message_count or 0, declared.consumer_count or 0)
+        self._ingest = (messages, consumers)
 
     async def _presence_event(self, user: str, online: bool) -> None:
         """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (docs/protocol.md §6).
@@ -304,7 +333,7 @@ async def _answering(service: str, url: str, seconds: float) -> AsyncIterator[No
             yield
     except TimeoutError as exc:
         raise BackendUnavailable(f"{where} did not answer within {seconds:g} s") from exc
-    except (OSError, RedisError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+    except (OSError, RedisError, RedisClusterException, aiormq.exceptions.AMQPError, RuntimeError) as exc:
         reason = str(exc) or type(exc).__name__
         password = urlsplit(url).password
         if password:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from redis.asyncio import Redis
-
 from hub.backends.base import ReadEntry, ReadState
 from hub.backends.read_scripts import MARK, PAGE, UNREAD
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, deadline, run_scripts
 from hub.backends.redis_history import JSON_KIND, RedisHistory, decode_data
 from hub.notification import Notification
 from hub.payload import BadPayload
@@ -39,7 +37,7 @@ class RedisReads:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         history: RedisHistory,
         *,
         prefix: str,
@@ -74,10 +72,9 @@ class RedisReads:
 
     async def unread(self, user: str, topics: Sequence[str]) -> dict[str, int]:
         self.round_trips += 1
-        async with deadline("unread counts", self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                await self._unread(keys=self._keys(user, topic), args=self._trim_args(topic), client=pipe)
-            counts = await pipe.execute()
+        calls = [(self._unread, self._keys(user, topic), self._trim_args(topic)) for topic in topics]
+        async with deadline("unread counts", self._timeout):
+            counts = await run_scripts(self._redis, calls)  # one round trip per node, slot-routed
         return {topic: int(n) for topic, n in zip(topics, counts, strict=True)}
 
     async def mark(self, user: str, topic: str, *, up_to: str | None, offsets: Sequence[str]) -> ReadState:

@@ -34,6 +34,8 @@ export const TEST_PAGE = `<!doctype html>
       reconnectBaseMs: 200,
       reconnectMaxMs: 2000,
       WebSocket: RecordingWebSocket,
+      transport: opts.transport || 'auto',
+      sseFallbackAfter: opts.sseFallbackAfter ?? 2,
       getToken: async () => { t.tokenCalls++; return window.e2eToken(opts.user); },
     });
     client.on('notification', (n) => t.notes.push(n));

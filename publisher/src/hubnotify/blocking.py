@@ -46,6 +46,7 @@ class BlockingPublisher:
         redis_prefix: str = DEFAULT_PREFIX,
         ssl_context: ssl.SSLContext | None = None,
         redis_tls: Mapping[str, Any] | None = None,
+        mandatory: bool = True,
         hub_url: str | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -59,6 +60,7 @@ class BlockingPublisher:
             redis_prefix=redis_prefix,
             ssl_context=ssl_context,
             redis_tls=redis_tls,
+            mandatory=mandatory,
             hub_url=hub_url,
             api_key=api_key,
         )
