@@ -31,6 +31,8 @@ MAX_USERS: Final = 1000
 MAX_TOPICS: Final = 32
 MAX_PAGE: Final = 200
 DEFAULT_PAGE: Final = 50
+#: Users counted at once by ``GET /api/unread`` (each is one store round trip).
+CONCURRENT_USERS: Final = 32
 
 
 def _reads(reads: Reads | None) -> Reads:
@@ -59,7 +61,10 @@ async def unread(reads: Reads | None, request: Request) -> Response:
         raise HttpError(400, f"expected 1 to {MAX_USERS} users as ?user=1&user=2 or ?user=1,2")
     if len(topics) > MAX_TOPICS:
         raise HttpError(400, f"expected at most {MAX_TOPICS} topics")
-    counts = await asyncio.gather(*(store.unread(u, topics or [user_topic(u)]) for u in users))
+    counts: list[dict[str, int]] = []
+    for start in range(0, len(users), CONCURRENT_USERS):  # bounded: one Redis connection per call in flight
+        chunk = users[start : start + CONCURRENT_USERS]
+        counts += await asyncio.gather(*(store.unread(u, topics or [user_topic(u)]) for u in chunk))
     return JSONResponse({"users": dict(zip(users, counts, strict=True))})
 
 
