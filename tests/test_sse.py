@@ -284,3 +284,22 @@ async def test_a_stream_that_stops_reading_is_dropped_within_the_send_timeout() 
         await wait_for(dropped, what="the stuck stream to be dropped")
         assert not hub.node.sessions
         writer.close()
+
+
+async def test_last_event_id_query_for_eventsource(history_hub: RunningHub) -> None:
+    """An ``EventSource`` cannot set headers on a new stream: ``?last_event_id=`` does the same."""
+    hub = history_hub
+    async with open_stream(hub.http, hub.token("42")) as stream:
+        await stream.frame()
+        await hub.publish("42", {"n": 3})
+        [frame] = await stream.notifications(1)
+    since = f"user.42:{frame['offset']}"
+    await hub.publish("42", {"n": 4})
+    value = await ticket(hub.http, hub.token("42"))
+    async with hub.http.stream("GET", "/sse", params={"ticket": value, "last_event_id": since}) as response:
+        assert response.status_code == 200
+        resumed = Stream(response, str(hub.http.base_url))
+        assert (await resumed.next()).event == "hub.stream"
+        assert (await resumed.frame())["recovered"] is True
+        [replayed] = await resumed.notifications(1)
+        assert replayed["data"] == {"n": 4}
