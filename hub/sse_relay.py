@@ -16,6 +16,7 @@ import base64
 import binascii
 import enum
 import logging
+import re
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -25,6 +26,8 @@ from hub.backends.redis_client import deadline
 from hub.payload import BadPayload, dumps_json, loads_json
 
 log = logging.getLogger("hub.sse_relay")
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Inbox(Protocol):
@@ -51,13 +54,13 @@ def make_handle(conn_id: str, replica: str) -> str:
 def split_handle(handle: str) -> tuple[str, str] | None:
     """``(conn_id, replica)`` of a handle, or None when it is not one."""
     conn_id, _, encoded = handle.partition(".")
-    if not conn_id or not encoded or len(handle) > 400:
+    if not conn_id.isalnum() or not _BASE64URL.fullmatch(encoded) or len(handle) > 400:
         return None
     try:
         replica = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    return conn_id, replica
+    return (conn_id, replica) if replica else None
 
 
 class Relay:

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from hub.sse import event_id, parse_event_id
+from hub.sse_relay import make_handle, split_handle
 from tests.distributed_env import environment
 from tests.harness import RunningHub, make_token, run_hub, wait_for
 from tests.sse_client import Stream, open_stream, ticket
@@ -303,3 +305,17 @@ async def test_last_event_id_query_for_eventsource(history_hub: RunningHub) -> N
         assert (await resumed.frame())["recovered"] is True
         [replayed] = await resumed.notifications(1)
         assert replayed["data"] == {"n": 4}
+
+
+def test_event_ids_and_handles_round_trip() -> None:
+    """The pure parts: ``id:`` ↔ ``Last-Event-ID`` and stream handles (no I/O)."""
+    offsets = {"user.42": "5-1", "broadcast": "7-0"}
+    assert event_id(offsets) == "broadcast:7-0,user.42:5-1"
+    assert parse_event_id(event_id(offsets)) == offsets
+    for bad in ("user.42", "user.42:", ":5-0", "a:1-0,a:2-0", ",".join(f"t{i}:1-0" for i in range(33))):
+        with pytest.raises(ValueError, match=r"expected|more than"):
+            parse_event_id(bad)
+    handle = make_handle("abc123", "host:8080")
+    assert split_handle(handle) == ("abc123", "host:8080")
+    for bad in ("", "abc", "abc.", ".eA", "abc.%%%", "x." + "A" * 500):
+        assert split_handle(bad) is None
