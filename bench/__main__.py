@@ -8,6 +8,7 @@ ran (a target's failure is recorded in the report, not raised).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, services
+from bench import private, report, scenarios, services
 from bench.profiles import PROFILES
 from bench.targets import TARGETS
 
@@ -41,6 +42,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="restart RabbitMQ with a raised `ulimit -n` when its socket limit is too "
         "low for Web-STOMP (default: only in the full profile)",
+    )
+    p.add_argument(
+        "--private-services",
+        action="store_true",
+        help="run a private RabbitMQ node and Redis for this run (CPU figures not shared with other work)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -102,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown target or scenario: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    fd_limit = services.rabbit_fd_limit()
+    with contextlib.ExitStack() as stack:
+        if args.private_services:
+            print("[bench] starting a private RabbitMQ node and Redis", file=sys.stderr, flush=True)
+            stack.enter_context(private.running())
+        return _run(args, profile, names, chosen)
+
+
+def _run(args: argparse.Namespace, profile: Any, names: list[str], chosen: list[str]) -> int:
+    fd_limit = services.rabbit_fd_limit() if not private.current() else 1 << 20
     need = max(max(profile.idle), profile.sockets, profile.fanout_subs) + 500
     restart = args.restart_rabbitmq if args.restart_rabbitmq is not None else (profile.name == "full")
     if "stomp" in names and fd_limit < need and restart:
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": report.machine(),
             "rabbitmq_socket_limit": fd_limit,
             "loadavg_before": os.getloadavg()[0],
+            "private_services": private.current() is not None,
         },
         "targets": {},
     }

@@ -23,6 +23,7 @@ class Profile:
     publishers: int  # publisher processes
     connect_concurrency: int  # handshakes in flight per receiver process
     p99_limit_ms: float = 50.0
+    stop_early: bool = True  # stop the rate sweep at deep overload (False: every rate is measured)
 
 
 PROFILES = {
@@ -55,6 +56,24 @@ PROFILES = {
         receivers=2,
         publishers=2,
         connect_concurrency=100,
+    ),
+    # Issue 12's per-notification figures, bounded (~1 min a target): 1,000 sockets at the
+    # rates the issue names, nothing else.
+    "pernote": Profile(
+        "pernote",
+        sockets=1000,
+        rates=(1000, 2000, 3000),
+        step_s=6,
+        refine=0,
+        idle=(1000,),
+        storm=False,
+        fanout_subs=200,
+        fanout_rates=(5,),
+        drain_s=6,
+        receivers=2,
+        publishers=2,
+        connect_concurrency=100,
+        stop_early=False,
     ),
     "smoke": Profile(
         "smoke",

@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import ratios
+
 Results = dict[str, Any]
 DASH = "n/a"
 
@@ -258,6 +260,12 @@ def markdown(res: Results, plots: list[str]) -> str:
         "",
         *goals_table(res),
         "",
+        "## Per notification, as ratios to the relay (issue 12)",
+        "",
+        *ratios.table(res),
+        "",
+        *ratios.goals(res),
+        "",
         "## Latency by rate (publish → socket, ms)",
         "",
         *steps_table(res, "latency"),
@@ -286,6 +294,9 @@ def plots(res: Results, out: Path, stem: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     names = []
+    cpu = ratios.plot(res, out, stem)
+    if cpu:
+        names.append(cpu)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, key in zip(axes, ("p50", "p99"), strict=True):
         for t in res["targets"].values():

@@ -43,6 +43,8 @@ class Step:
     wall_s: float = 0.0
     cpu_us_per_delivery: float = math.nan  # target + the shared services it uses
     generator_core_max: float = 0.0  # busiest generator process, share of one core
+    backlog_before: int = 0  # still in the target's ingest queue when the step began (after a bounded wait)
+    redis_calls: dict[str, list[int]] = field(default_factory=dict)  # command → [calls, µs] (private Redis)
     errors: list[str] = field(default_factory=list)
 
     def passes(self, p99_limit_ms: float) -> bool:
@@ -111,6 +113,10 @@ class Harness:
         for r in self.receivers:
             r.call({"op": "reset", "run": run}, 30)
         result = Step(rate=rate, sockets=len(self.sock_users))
+        ingest = self.live.target.ingest
+        if ingest:  # no step pays for an earlier one's backlog
+            result.backlog_before = services.wait_queue_empty(self.live.amqp, ingest, 60)
+        services.reset_redis_stats()
         with Sampler(self.groups()) as sampler:
             for i, p in enumerate(self.publishers):
                 p.send(
@@ -157,6 +163,8 @@ class Harness:
         result.errors = [e for p in pubs for e in p["errors"]][:5]
         usage = sampler.usage
         result.cpu_s = {k: round(u.cpu_s, 3) for k, u in usage.items()}
+        if services.private.current():
+            result.redis_calls = {k: list(v) for k, v in services.redis_commandstats().items()}
         server = usage["target"].cpu_s + sum(usage[k].cpu_s for k in self.live.target.services)
         if result.delivered:
             result.cpu_us_per_delivery = server / result.delivered * 1e6
@@ -173,7 +181,9 @@ class Harness:
         t_all = max(x["t_all"] for x in replies)
         ok = sum(x["ok"] for x in replies)
         probe_rate = min(5000.0, max(200.0, len(self.users) / 2))
-        probe = self.step(probe_rate, len(self.users) / probe_rate)
+        # Each publisher round-robins over every user: long enough for each to reach each user
+        # once (one round split over the publishers left half the users without a probe: n/a).
+        probe = self.step(probe_rate, len(self.users) * self.profile.publishers / probe_rate)
         stats = [r.call({"op": "stats"}, 60) for r in self.receivers]
         with_msg = sum(s["with_msg"] for s in stats)
         last = max(s["first_ns_max"] for s in stats)
@@ -237,7 +247,7 @@ def latency(target: Target, profile: Profile) -> dict[str, Any]:
                 step = harness.step(rate, profile.step_s)
                 steps.append(step)
                 time.sleep(1)
-                if not step.passes(profile.p99_limit_ms) and (
+                if (profile.stop_early and not step.passes(profile.p99_limit_ms)) and (
                     step.latency_ms.get("p99", math.inf) > 1000 or step.achieved < 0.8 * rate or step.lost > 0
                 ):
                     break  # deeper overload only measures the backlog

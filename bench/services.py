@@ -15,37 +15,80 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench import private
 from bench.procstat import find_pids
 
 # The shared test-support helpers (testkit/), re-exported for the targets.
 from testkit.net import free_port as free_port
-from testkit.services import create_vhost as create_vhost
-from testkit.services import delete_vhost as delete_vhost
+from testkit.services import create_vhost as _shared_create_vhost
+from testkit.services import delete_vhost as _shared_delete_vhost
 from testkit.services import rabbitmqctl
 
 REDIS_BASE = "redis://127.0.0.1:6379/"
 
 
+def redis_base() -> str:
+    """``redis://host:port/`` of the Redis the targets use (a db number follows)."""
+    node = private.current()
+    return f"redis://127.0.0.1:{node.redis_port}/" if node else REDIS_BASE
+
+
+def _redis_cli(*args: str) -> str:
+    node = private.current()
+    port = ["-p", str(node.redis_port)] if node else []
+    return subprocess.run(["redis-cli", *port, *args], capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def create_vhost(name: str) -> str:
+    """A fresh vhost ``name`` (guest has every right) on the broker in use; its AMQP URL."""
+    node = private.current()
+    return node.create_vhost(name) if node else _shared_create_vhost(name)
+
+
+def delete_vhost(name: str) -> None:
+    """Delete vhost ``name`` (and everything in it) on the broker in use."""
+    node = private.current()
+    if node:
+        node.delete_vhost(name)
+    else:
+        _shared_delete_vhost(name)
+
+
 def flush_redis_db(db: int) -> None:
     """Empty Redis database ``db`` (only that one)."""
-    subprocess.run(["redis-cli", "-n", str(db), "FLUSHDB"], capture_output=True, check=True, timeout=30)
+    _redis_cli("-n", str(db), "FLUSHDB")
 
 
 def redis_used_memory() -> int:
     """Redis ``used_memory`` in bytes (whole server)."""
-    out = subprocess.run(["redis-cli", "INFO", "memory"], capture_output=True, text=True, check=True, timeout=30).stdout
-    match = re.search(r"^used_memory:(\d+)", out, re.M)
+    match = re.search(r"^used_memory:(\d+)", _redis_cli("INFO", "memory"), re.M)
     return int(match.group(1)) if match else 0
 
 
+def redis_commandstats() -> dict[str, tuple[int, int]]:
+    """Redis ``INFO commandstats``: command → (calls, µs), since the last ``reset_redis_stats``."""
+    out: dict[str, tuple[int, int]] = {}
+    for m in re.finditer(r"^cmdstat_(\S+):calls=(\d+),usec=(\d+)", _redis_cli("INFO", "commandstats"), re.M):
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out
+
+
+def reset_redis_stats() -> None:
+    """``CONFIG RESETSTAT`` — only on a private Redis (the shared one's figures are others' too)."""
+    if private.current():
+        _redis_cli("CONFIG", "RESETSTAT")
+
+
 def rabbit_pids() -> list[int]:
-    """Pids of RabbitMQ's Erlang VM."""
-    return find_pids("beam.smp")
+    """Pids of RabbitMQ's Erlang VM (the private node's processes when one is in use)."""
+    node = private.current()
+    return node.rabbit_pids() if node else find_pids("beam.smp")
 
 
 def redis_pids() -> list[int]:
-    """Pids of redis-server."""
-    return find_pids("redis-server")
+    """Pids of redis-server (the private one when in use)."""
+    node = private.current()
+    return [node.redis_pid] if node else find_pids("redis-server")
 
 
 def rabbit_fd_limit() -> int:
@@ -127,3 +170,32 @@ def declare_exchange(amqp_url: str, name: str = "notifications") -> None:
             await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
 
     asyncio.run(declare())
+
+
+def wait_queue_empty(amqp_url: str, queue: str, timeout: float) -> int:
+    """Wait (bounded) until ``queue`` holds no ready message; return what it still holds.
+
+    A passive declare per poll (a missing queue counts as empty). The benchmark calls it
+    before each step so that no step pays for an earlier step's backlog.
+    """
+    import asyncio
+
+    import aio_pika
+
+    async def depth() -> int:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            deadline = time.monotonic() + timeout
+            while True:
+                channel = await connection.channel()
+                try:
+                    declared = await channel.declare_queue(queue, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    return 0
+                left = declared.declaration_result.message_count or 0
+                await channel.close()
+                if left == 0 or time.monotonic() > deadline:
+                    return left
+                await asyncio.sleep(0.2)  # polling a draining queue, with a deadline
+
+    return asyncio.run(depth())

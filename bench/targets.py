@@ -42,11 +42,23 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     server: tuple[str, ...] = ()  # argv; {port} {amqp} {redis} are substituted
     services: tuple[str, ...] = ("rabbitmq",)  # shared services it loads (CPU, memory totals)
+    ingest: str | None = None  # the queue every notification passes first (drained before each step)
+    before: bool = False  # runs the "before" checkout (``$BENCH_BEFORE``) instead of this one
+
+    def root(self) -> Path:
+        """The checkout whose code this target runs."""
+        return Path(os.environ.get("BENCH_BEFORE", "")) if self.before else ROOT
+
+    def hub_exe(self) -> Path:
+        venv = self.root() / ".venv" / "bin" if self.before else Path(sys.executable).parent
+        return venv / "hub"
 
     def available(self) -> str | None:
         """None if this target can run here, else why not."""
+        if self.before and not os.environ.get("BENCH_BEFORE"):
+            return "BENCH_BEFORE (a checkout of the code to compare with, with its .venv) is not set"
         if self.client == "hub":
-            exe = Path(sys.executable).parent / "hub"
+            exe = self.hub_exe()
             if not exe.exists():
                 return f"{exe} not installed"
         return None
@@ -59,8 +71,9 @@ class Target:
         redis = ""
         if self.redis_db is not None:
             services.flush_redis_db(self.redis_db)
-            redis = f"{services.REDIS_BASE}{self.redis_db}"
+            redis = f"{services.redis_base()}{self.redis_db}"
         proc: subprocess.Popen[bytes] | None = None
+        spy: subprocess.Popen[bytes] | None = None
         try:
             if self.vhost and self.publish == "amqp":
                 services.declare_exchange(amqp)
@@ -74,20 +87,29 @@ class Target:
                     "amqp": amqp,
                     "redis": redis,
                     "py": sys.executable,
-                    "hub": str(Path(sys.executable).parent / "hub"),
+                    "hub": str(self.hub_exe()),
                 }
                 argv = [a.format(**subst) for a in self.server]
                 env = {**os.environ, **{k: v.format(**subst) for k, v in self.env.items()}}
                 LOGS.mkdir(parents=True, exist_ok=True)
                 log = (LOGS / f"{self.name}.log").open("ab")
                 proc = subprocess.Popen(
-                    argv, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True, preexec_fn=_raise_nofile
+                    argv,
+                    cwd=self.root(),
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    preexec_fn=_raise_nofile,
                 )
                 log.close()
                 _wait_listening(proc, port)
                 live = Live(self, descendants(proc.pid), port, amqp)
+                spy = _profiler(self.name, live.pids[0])
             yield live
         finally:
+            if spy is not None:
+                _stop_profiler(spy)
             if proc is not None:
                 _kill_group(proc)
             if self.vhost:
@@ -120,6 +142,31 @@ class Live:
         if self.target.publish == "http":
             return PublishSpec("http", f"http://127.0.0.1:{self.port}", api_key=API_KEY)
         return PublishSpec(self.target.publish, self.amqp)
+
+
+def _profiler(name: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """With ``$BENCH_PYSPY`` (a directory), ``py-spy record`` the target's server for its whole run.
+
+    Collapsed stacks (``<dir>/<target>-<stamp>.txt``; ``python -m bench.flame`` sums them). py-spy
+    runs beside the target, not inside its process group, so its own CPU is not the target's.
+    """
+    out = os.environ.get("BENCH_PYSPY")
+    spy = Path(sys.executable).parent / "py-spy"
+    if not out or not spy.exists():
+        return None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    dest = Path(out) / f"{name}-{time.strftime('%H%M%S')}.txt"
+    argv = [str(spy), "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(dest), "-p", str(pid)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        spy.wait(20)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait(5)
 
 
 def _raise_nofile() -> None:
@@ -175,6 +222,13 @@ TARGETS: dict[str, Target] = {
             server=("{py}", "-m", "bench.peers.relay", "--port", "{port}", "--amqp", "{amqp}"),
         ),
         Target(
+            "relay-uvloop",
+            "minimal relay on uvloop",
+            "relay",
+            "amqp",
+            server=("{py}", "-m", "bench.peers.relay", "--port", "{port}", "--amqp", "{amqp}", "--uvloop"),
+        ),
+        Target(
             "sio",
             "python-socketio",
             "sio",
@@ -192,6 +246,7 @@ TARGETS: dict[str, Target] = {
             services=("rabbitmq", "redis"),
             server=_HUB,
             env=_DIST_ENV,
+            ingest="hub.ingest",
         ),
         Target(
             "hub-dist-nohist",
@@ -199,8 +254,47 @@ TARGETS: dict[str, Target] = {
             "hub",
             "amqp",
             redis_db=11,
+            services=("rabbitmq", "redis"),
             server=_HUB,
             env={**_DIST_ENV, "HUB_HISTORY_SIZE": "0"},
+            ingest="hub.ingest",
+        ),
+        # Levers one at a time: this checkout on asyncio's own event loop (no uvloop).
+        Target(
+            "hub-dist-asyncio",
+            "hub on asyncio's loop (distributed, history on)",
+            "hub",
+            "amqp",
+            redis_db=14,
+            services=("rabbitmq", "redis"),
+            server=_HUB,
+            env={**_DIST_ENV, "HUB_EVENT_LOOP": "asyncio"},
+            ingest="hub.ingest",
+        ),
+        # The same two, running the code of another checkout ($BENCH_BEFORE): before/after in one run.
+        Target(
+            "hub-dist-before",
+            "hub before (distributed, history on)",
+            "hub",
+            "amqp",
+            redis_db=12,
+            services=("rabbitmq", "redis"),
+            server=_HUB,
+            env=_DIST_ENV,
+            ingest="hub.ingest",
+            before=True,
+        ),
+        Target(
+            "hub-dist-nohist-before",
+            "hub before (distributed, history off)",
+            "hub",
+            "amqp",
+            redis_db=13,
+            services=("rabbitmq", "redis"),
+            server=_HUB,
+            env={**_DIST_ENV, "HUB_HISTORY_SIZE": "0"},
+            ingest="hub.ingest",
+            before=True,
         ),
     )
 }

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from hub import read_api
 from hub.backends.base import BackendUnavailable
 from hub.http_api import HttpError, guarded, parse_publish, read_body
 from hub.node import Node
@@ -41,7 +42,7 @@ class HubApp:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/sse" and scope["method"] == "GET":
-            await self.sse.stream(scope, receive, send)  # docs/protocol.md §9
+            await self.sse.stream(scope, receive, send)  # docs/protocol.md §10
         else:
             await self.http(scope, receive, send)
 
@@ -119,6 +120,18 @@ def _starlette(node: Node, sse: SseGateway) -> Starlette:
             raise HttpError(503, f"presence is unavailable, try again: {exc}") from None
         return JSONResponse({"users": {u: {"online": c > 0, "connections": c} for u, c in counts.items()}})
 
+    async def unread(request: Request) -> Response:
+        require_key(request)
+        return await read_api.unread(node.backend.reads, request)
+
+    async def notifications(request: Request) -> Response:
+        require_key(request)
+        return await read_api.page(node.backend.reads, request)
+
+    async def mark_read(request: Request) -> Response:
+        require_key(request)
+        return await read_api.mark(node.backend.reads, request)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "replica": settings.replica_id})
 
@@ -135,6 +148,9 @@ def _starlette(node: Node, sse: SseGateway) -> Starlette:
         Route("/api/publish", guarded(publish), methods=["POST"]),
         Route("/api/presence", guarded(presence_many), methods=["GET"]),
         Route("/api/presence/{user}", guarded(presence), methods=["GET"]),
+        Route("/api/unread", guarded(unread), methods=["GET"]),
+        Route("/api/notifications/{user}", guarded(notifications), methods=["GET"]),
+        Route("/api/read", guarded(mark_read), methods=["POST"]),
         Route("/healthz", guarded(healthz), methods=["GET"]),
         Route("/readyz", guarded(readyz), methods=["GET"]),
         Route("/metrics", guarded(metrics), methods=["GET"]),

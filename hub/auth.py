@@ -13,6 +13,8 @@ A token is hostile input: whatever it holds, ``verify`` returns claims or raises
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import HMACAlgorithm
 
 from hub.codes import CloseCode
 from hub.settings import ConfigError, Settings
@@ -72,6 +75,7 @@ class Authenticator:
         required += ["aud"] if self._audience else []
         required += ["iss"] if self._issuer else []
         self._options: Any = {"require": required}
+        self._jwt = _decoder()
 
     def verify(self, token: str) -> Claims:
         """Return the claims of a valid token, or raise TokenError with the close code to use."""
@@ -95,7 +99,7 @@ class Authenticator:
         return Claims(user=user, topics=topics, exp=float(exp))
 
     def _decode(self, token: str) -> dict[str, Any]:
-        algorithm = jwt.get_unverified_header(token).get("alg")
+        algorithm = _algorithm(token)
         key: Any
         if algorithm == "HS256" and self._secret:
             key = self._secret
@@ -104,7 +108,7 @@ class Authenticator:
         else:
             accepted = [a for a, k in (("HS256", self._secret), (self._public_algorithm, self._public_key)) if k]
             raise TokenError(f"expected a token signed with {' or '.join(map(str, accepted))}, got {algorithm!r:.40}")
-        payload: dict[str, Any] = jwt.decode(
+        payload: dict[str, Any] = self._jwt.decode(
             token,
             key,
             algorithms=[algorithm],
@@ -130,6 +134,50 @@ class Authenticator:
         return mint_token(
             user, secret=self._secret, ttl=ttl, topics=topics, audience=self._audience, issuer=self._issuer
         )
+
+
+class _PreparedHMAC(HMACAlgorithm):
+    """HS256 that checks its secret once: PyJWT prepares the key on every decode, and its
+    check that an HMAC secret is not an asymmetric key (two failed DER parses) cost more
+    than the signature itself. The hub only ever passes its one configured secret."""
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._key: str | bytes | None = None
+        self._prepared = b""
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if key != self._key:
+            self._prepared, self._key = super().prepare_key(key), key
+        return self._prepared
+
+
+def _decoder() -> jwt.PyJWT:
+    """A PyJWT of our own whose HS256 prepares its key once (``_PreparedHMAC``); without the
+    internals that allow it (an older PyJWT), PyJWT's own, which is slower, not different."""
+    decoder = jwt.PyJWT()
+    jws = jwt.PyJWS()
+    jws.unregister_algorithm("HS256")
+    jws.register_algorithm("HS256", _PreparedHMAC())
+    if isinstance(getattr(decoder, "_jws", None), jwt.PyJWS):
+        decoder._jws = jws
+    return decoder
+
+
+def _algorithm(token: str) -> str | None:
+    """The ``alg`` of the token's header, to choose the key; None when the header is unreadable.
+
+    Only the header is read here (PyJWT's ``get_unverified_header`` parses and checks the
+    whole token, which ``decode`` then does again); whatever the token holds, ``decode``
+    checks it strictly.
+    """
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        return None
+    algorithm = header.get("alg") if isinstance(header, dict) else None
+    return algorithm if isinstance(algorithm, str) else None
 
 
 def _topics(user: str, granted: object) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The seam between a session and whatever carries its frames (docs/protocol.md §3, §9).
+"""The seam between a session and whatever carries its frames (docs/protocol.md §3, §10).
 
 A session does not care whether its frames travel on a WebSocket (hub/transport.py) or
 as Server-Sent Events with client frames arriving by HTTP POST (hub/sse.py): it talks

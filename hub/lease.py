@@ -15,14 +15,21 @@ that pushes its user towards the 4008 cap), no queue that nobody consumes. So:
   raised: ``acquire`` gives a subscription or nothing;
 - ``release`` closes the subscription and removes the presence entry, each within the
   deadline; a failure is logged, never raised (the backends retry what they must).
+
+A burst of connects (a reconnect storm) is admitted in turns (``Turns``): a few at a time
+take what they need of the backend, the others wait (cheaply) for a turn. Without that,
+thousands of set-ups share the CPU at once, each runs slower than its deadline, and the
+whole burst times out together (1013 all round) instead of being served at full speed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 from hub.backends.base import Backend, BackendUnavailable, Connection, Subscription
 
@@ -34,6 +41,39 @@ _late: set[asyncio.Task[None]] = set()
 
 class BackendTimeout(BackendUnavailable):
     """A backend call on a connection's path missed ``backend_timeout``; the message is fit for the client."""
+
+
+class Turns:
+    """At most ``size`` connects set up at once (``settings.connect_concurrency``); the others
+    wait for a turn, first come first served, at most ``wait`` seconds, then BackendTimeout."""
+
+    def __init__(self, size: int, wait: float) -> None:
+        self._free = asyncio.Semaphore(size)
+        self._wait = wait
+        self.size = size
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._free.acquire()
+        except TimeoutError:
+            raise BackendTimeout(f"the hub is busy: no turn to connect within {self._wait:g} s") from None
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
+_turns: weakref.WeakKeyDictionary[Backend, Turns] = weakref.WeakKeyDictionary()
+
+
+def turns(backend: Backend, size: int, wait: float) -> Turns:
+    """The ``Turns`` of ``backend`` (one per backend: per replica), made on first use."""
+    found = _turns.get(backend)
+    if found is None:
+        found = _turns[backend] = Turns(size, wait)
+    return found
 
 
 async def acquire(backend: Backend, conn: Connection, topics: Sequence[str], limit: float) -> tuple[int, Subscription]:

@@ -97,6 +97,10 @@ BACKEND_COUNTERS: dict[str, tuple[str, str]] = {
         "hub_restore_failures",
         "Live queues not restored after a broker interruption (socket closed with 1013)",
     ),
+    "outage_closes": (
+        "hub_broker_outage_closes",
+        "Sockets closed with 1013 because no RabbitMQ node answered for HUB_BROKER_OUTAGE_CLOSE seconds",
+    ),
     "redis_retries": ("hub_redis_retries", "Sequencer batches retried because Redis did not answer"),
     "history_skipped": (
         "hub_history_skipped",
@@ -120,6 +124,11 @@ BACKEND_GAUGES: dict[str, tuple[str, str]] = {
     "sequencer_inflight": (
         "hub_sequencer_inflight",
         "Ingest messages delivered to this replica's sequencer and not yet acknowledged",
+    ),
+    "shards_held": ("hub_shards_held", "Ingest shards this replica sequences (HUB_INGEST_SHARDS > 1)"),
+    "shard_members": (
+        "hub_shard_members",
+        "Live replicas the ingest shards are spread over, as this replica sees them",
     ),
 }
 
@@ -149,3 +158,10 @@ class _BackendCollector(Collector):
         for key, (name, documentation) in BACKEND_GAUGES.items():
             if key in stats:
                 yield GaugeMetricFamily(name, documentation, value=stats[key])
+        if "shards" in stats:
+            held = GaugeMetricFamily(
+                "hub_shard_held", "1 for each ingest shard this replica sequences, else 0", labels=["shard"]
+            )
+            for shard, mine in stats["shards"].items():
+                held.add_metric([str(shard)], 1 if mine else 0)
+            yield held

@@ -24,6 +24,8 @@ SUBPROTOCOLS: Final = (JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL)
 
 MAX_TOKEN_LENGTH: Final = 8192
 MAX_SINCE_TOPICS: Final = 64
+#: The most offsets one ``read`` frame may mark (docs/protocol.md §9); more is a protocol error.
+MAX_READ_OFFSETS: Final = 100
 
 Wire = str | bytes
 
@@ -144,7 +146,16 @@ class Pong:
     """Answer to a ``ping``."""
 
 
-ClientFrame = Connect | Refresh | Pong
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Mark notifications of ``topic`` read: everything up to ``up_to`` and/or single ``offsets`` (§9)."""
+
+    topic: str
+    up_to: Offset | None
+    offsets: tuple[Offset, ...]
+
+
+ClientFrame = Connect | Refresh | Pong | Read
 
 
 def parse_client_frame(codec: Codec, data: Wire) -> ClientFrame:
@@ -157,7 +168,9 @@ def parse_client_frame(codec: Codec, data: Wire) -> ClientFrame:
         return Connect(token=_token(frame), since=_since(frame.get("since")))
     if kind == "refresh":
         return Refresh(token=_token(frame))
-    raise ProtocolError(f"expected a frame type of connect, refresh or pong, got {kind!r:.40}")
+    if kind == "read":
+        return _read(frame)
+    raise ProtocolError(f"expected a frame type of connect, refresh, pong or read, got {kind!r:.40}")
 
 
 def _token(frame: dict[str, Any]) -> str:
@@ -186,6 +199,27 @@ def _since(value: object) -> dict[str, Offset]:
     return since
 
 
+def _read(frame: dict[str, Any]) -> Read:
+    """A ``read`` frame (§9): a valid topic, ``up_to`` and/or at most ``MAX_READ_OFFSETS``
+    ``offsets``, each a valid offset; anything else is 4002 with the reason."""
+    try:
+        topic = validate_topic(frame.get("topic"))
+        up_to = None if frame.get("up_to") is None else Offset.parse(frame["up_to"])
+        offsets = frame.get("offsets")
+        if offsets is None:
+            offsets = []
+        if not isinstance(offsets, list):
+            raise ProtocolError(f"expected 'offsets' to be a list of offsets, got {type(offsets).__name__}")
+        if len(offsets) > MAX_READ_OFFSETS:
+            raise ProtocolError(f"expected at most {MAX_READ_OFFSETS} 'offsets' in a read frame, got {len(offsets)}")
+        marks = tuple(Offset.parse(offset) for offset in offsets)
+    except InvalidTopic as exc:
+        raise ProtocolError(f"bad read frame: {exc}") from None
+    if up_to is None and not marks:
+        raise ProtocolError("expected 'up_to' or a non-empty 'offsets' in a read frame")
+    return Read(topic, up_to, marks)
+
+
 # ---------------------------------------------------------------------- server frames
 
 
@@ -198,9 +232,10 @@ def connected_frame(
     ping_interval: float,
     recovered: bool,
     offsets: dict[str, str],
+    unread: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The ``connected`` frame that accepts a connection."""
-    return {
+    """The ``connected`` frame that accepts a connection; ``unread`` (§9) only when read state is kept."""
+    frame: dict[str, Any] = {
         "type": "connected",
         "conn_id": conn_id,
         "user": user,
@@ -210,6 +245,9 @@ def connected_frame(
         "recovered": recovered,
         "offsets": offsets,
     }
+    if unread is not None:
+        frame["unread"] = unread
+    return frame
 
 
 PING_FRAME: Final[dict[str, Any]] = {"type": "ping"}

@@ -22,6 +22,11 @@ from hub.tls import server_options
 from hub.workers import listening_socket
 
 log = logging.getLogger("hub.server")
+#: The WebSocket protocol's own lines: uvicorn's and websockets' per-connection INFO lines
+#: ("[accepted]", "connection open", "connection closed") cost a formatted, written line per
+#: connect and per close (a reconnect storm writes tens of thousands); they are DEBUG-only
+#: here (``build_server``), their warnings and errors still show.
+WEBSOCKET_LOG = logging.getLogger("uvicorn.error.websocket")
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -46,6 +51,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.close_timeout = self.close_deadline
+        self.logger = self.conn.logger = WEBSOCKET_LOG
 
     async def send(self, message: Any) -> None:
         if message["type"] == "hub.abort":
@@ -93,6 +99,7 @@ def build_server(node: Node) -> uvicorn.Server:
     protocol-level pings (the hub pings in protocol v1), and a close handshake bounded
     by ``send_timeout``."""
     settings = node.settings
+    WEBSOCKET_LOG.setLevel(logging.DEBUG if settings.log_level == "debug" else logging.WARNING)
     config = uvicorn.Config(
         create_app(node=node),
         host=settings.host,
@@ -139,7 +146,7 @@ def run(node: Node, *, reuse_port: bool = False) -> None:
     (aio-pika's reconnect loop does, after a start that timed out): leftovers get
     ``HUB_BACKEND_TIMEOUT`` to finish, then the loop closes without them.
     """
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(node.settings.event_loop)
     try:
         loop.run_until_complete(serve(node, reuse_port=reuse_port))
     finally:
@@ -156,6 +163,21 @@ def run(node: Node, *, reuse_port: bool = False) -> None:
             # still schedule callbacks, which needs a loop that is not closed, and their
             # "destroyed but pending" report is expected.
             loop.set_exception_handler(lambda loop, context: log.debug("at exit: %s", context.get("message")))
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new loop of ``kind`` (``HUB_EVENT_LOOP``): uvloop writes what one loop turn sends to
+    a socket in one system call, and costs less per notification (docs/benchmarks.md);
+    ``auto`` takes it when installed. Raises StartupError for ``uvloop`` without it."""
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise StartupError("HUB_EVENT_LOOP=uvloop, but uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 async def _serve_started(node: Node, sock: socket.socket) -> None:

@@ -28,7 +28,7 @@ from hub.channel import Channel, ChannelFactory
 from hub.codes import CloseCode
 from hub.delivery import Delivery, TooSlow
 from hub.host import Host
-from hub.lease import BackendTimeout, acquire, release
+from hub.lease import BackendTimeout, acquire, release, turns
 from hub.liveness import Liveness
 from hub.logs import bind_connection
 from hub.protocol import (
@@ -39,11 +39,13 @@ from hub.protocol import (
     Connect,
     Pong,
     ProtocolError,
+    Read,
     Wire,
     connected_frame,
     error_frame,
     parse_client_frame,
 )
+from hub.read_handler import mark_read, subscription_keys, unread_counts
 from hub.transport import PeerGone, Receive, Scope, Send, Transport
 
 __all__ = ["Disconnect", "Host", "Receive", "Scope", "Send", "Session", "State"]
@@ -93,6 +95,7 @@ class Session:
         "_stop",
         "_subprotocol",
         "_subscription",
+        "_unread",
         "claims",
         "codec",
         "conn_id",
@@ -138,6 +141,7 @@ class Session:
         self._main: asyncio.Task[None] | None = None
         self._conn: Connection | None = None
         self._subscription: Subscription | None = None
+        self._unread: dict[str, int] | None = None
 
     def _set_state(self, state: State) -> None:
         if state not in _TRANSITIONS[self.state]:
@@ -221,13 +225,15 @@ class Session:
             if topic not in claims.topics:
                 raise Disconnect(CloseCode.FORBIDDEN, f"topic {topic!r} in 'since' is not granted by the token")
         self._conn = Connection(self.conn_id, claims.user, settings.replica_id)
-        added, self._subscription = await acquire(
-            self.host.backend, self._conn, claims.topics, settings.backend_timeout
-        )
+        backend = self.host.backend
+        keys = subscription_keys(backend.reads, claims.user, claims.topics)
+        async with turns(backend, settings.connect_concurrency, settings.auth_timeout).turn():  # a burst queues
+            added, self._subscription = await acquire(backend, self._conn, keys, settings.backend_timeout)
         if added > settings.max_connections_per_user:
             raise Disconnect(
                 CloseCode.LIMIT, f"user has {added - 1} connections, the limit is {settings.max_connections_per_user}"
             )
+        self._unread = await unread_counts(backend.reads, claims.user, claims.topics, settings.backend_timeout)
         await self.delivery.recover(claims.topics, connect.since, self._greeting)
         self._set_state(State.OPEN)
         return self._subscription
@@ -262,6 +268,7 @@ class Session:
             ping_interval=settings.ping_interval,
             recovered=recovered,
             offsets=offsets,
+            unread=self._unread,
         )
         return self.codec.encode(frame)
 
@@ -304,9 +311,22 @@ class Session:
             frame = self._parse(await self.transport.receive())
             if isinstance(frame, Pong):
                 continue
+            if isinstance(frame, Read):
+                await self._read(frame)
+                continue
             if isinstance(frame, Connect):
                 raise Disconnect(CloseCode.PROTOCOL_ERROR, "expected refresh or pong, got a second connect")
             self._refresh(self._verify(frame.token))
+
+    async def _read(self, frame: Read) -> None:
+        """A ``read`` frame (§9): marked in the store, told to every socket of the user."""
+        claims = self.claims
+        assert claims is not None
+        reads, timeout = self.host.backend.reads, self.host.settings.backend_timeout
+        try:
+            await mark_read(reads, claims.user, claims.topics, frame, timeout)
+        except ProtocolError as exc:
+            raise Disconnect(exc.code, str(exc)) from None
 
     def _refresh(self, claims: Claims) -> None:
         """Take a refreshed token: same user, and no granted topic taken away (§8: 4003)."""

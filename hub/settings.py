@@ -46,10 +46,28 @@ class Settings:
         "`plain` (lines for a terminal) or `json` (one object per line: time, level, logger, message, "
         "replica, and conn_id/user for a socket's lines)",
     )
-    amqp_url: str | None = _setting(
-        None, "RabbitMQ URL; with `HUB_REDIS_URL` selects the distributed backend", url=True
+    event_loop: str = _setting(
+        "auto",
+        "`auto` (uvloop when installed, else asyncio's), `uvloop` or `asyncio`: the event loop of `hub serve`",
     )
-    redis_url: str | None = _setting(None, "Redis URL; with `HUB_AMQP_URL` selects the distributed backend", url=True)
+    amqp_url: str | None = _setting(
+        None,
+        "RabbitMQ URL, or a cluster's node URLs separated by commas (the hub fails over between them); "
+        "with `HUB_REDIS_URL` selects the distributed backend",
+        url=True,
+    )
+    redis_url: str | None = _setting(
+        None,
+        "Redis URL; with `HUB_AMQP_URL` selects the distributed backend. A Redis Cluster: "
+        "`redis+cluster://[user:password@]host:port,host:port` (any reachable nodes)",
+        url=True,
+    )
+    redis_sentinels: str | None = _setting(
+        None,
+        "`host:port,host:port`: Sentinels watching the Redis primary `HUB_REDIS_MASTER`; the hub connects to "
+        "the primary they name and follows a failover (`HUB_REDIS_URL` then gives only password, database and TLS)",
+    )
+    redis_master: str | None = _setting(None, "with `HUB_REDIS_SENTINELS`: the primary's name in the Sentinels")
     amqp_ca_file: str | None = _setting(
         None, "with `amqps://`: PEM file of the CA RabbitMQ's certificate must chain to (default: the system's CAs)"
     )
@@ -91,6 +109,11 @@ class Settings:
         3.0, "seconds any RabbitMQ or Redis call on a request path may take (then 1013 / 503)"
     )
     send_timeout: float = _setting(10.0, "seconds one write to a socket may take before the socket is aborted")
+    connect_concurrency: int = _setting(
+        64,
+        "connects that take their presence entry and live queue at once; more wait their turn, at most "
+        "`HUB_AUTH_TIMEOUT` seconds (then 1013), so a burst queues instead of timing out together",
+    )
     drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which open sockets are closed with 1012")
     ping_interval: float = _setting(25.0, "seconds between `ping` frames")
     max_frame_size: int = _setting(65_536, "largest client frame in bytes (larger: close 1009)")
@@ -101,7 +124,7 @@ class Settings:
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
     prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
     sse_ticket_ttl: float = _setting(
-        30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §9)"
+        30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §10)"
     )
     ingest_max_length: int = _setting(1_000_000, "messages `hub.ingest` holds at most (older overflow to `hub.dead`)")
     ingest_max_priority: int = _setting(
@@ -109,10 +132,27 @@ class Settings:
         "`x-max-priority` of `hub.ingest`: publishes with a higher AMQP priority (0-9) overtake a backlog; "
         "`0`: a classic queue (priorities ignored). Fixed when the queue is created (docs/operations.md §5)",
     )
+    ingest_queue_type: str = _setting(
+        "classic",
+        "`classic` or `quorum`: the type of `hub.ingest`; a quorum queue survives the loss of a RabbitMQ "
+        "cluster node, and needs `HUB_INGEST_MAX_PRIORITY=0` (RabbitMQ 3.10 has no quorum priorities). "
+        "Fixed when the queue is created (docs/operations.md, RabbitMQ cluster)",
+    )
+    broker_outage_close: float = _setting(
+        10.0,
+        "seconds open sockets wait while no RabbitMQ node is reachable; then they are closed with 1013 "
+        "(the client reconnects and resumes)",
+    )
     delivery_limit: int = _setting(5, "deliveries of one ingest message before it is dead-lettered")
     exchange: str = _setting(EXCHANGE, "the publishers' topic exchange")
     live_exchange: str = _setting("notifications.live", "the sequenced-notifications exchange the sockets bind on")
     ingest_queue: str = _setting("hub.ingest", "the sequencer's durable queue")
+    ingest_shards: int = _setting(
+        1,
+        "ingest queues the notifications are split over by a hash of the topic (`1`: one `hub.ingest`); "
+        "more than 1 needs RabbitMQ's `rabbitmq_consistent_hash_exchange` plugin "
+        "(docs/operations.md, Sharded sequencing)",
+    )
     dead_letter: str = _setting("hub.dead", "exchange and queue for unreadable messages")
     presence_exchange: str = _setting(
         "hub.presence", "topic exchange of `presence.online.<id>` / `presence.offline.<id>` events"
@@ -133,6 +173,19 @@ class Settings:
     def distributed(self) -> bool:
         """True when both RabbitMQ and Redis are configured."""
         return bool(self.amqp_url and self.redis_url)
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``HUB_REDIS_SENTINELS`` as ``(host, port)`` pairs (empty without Sentinels)."""
+        if not self.redis_sentinels:
+            return ()
+        pairs = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"HUB_REDIS_SENTINELS: expected host:port[,host:port…], got {item.strip()!r}")
+            pairs.append((host.strip("[]"), int(port)))
+        return tuple(pairs)
 
     @property
     def history_enabled(self) -> bool:
@@ -206,8 +259,11 @@ class Settings:
 
     def _check_values(self) -> None:
         _tls_checks(self)
+        _redis_checks(self)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"HUB_LOG_FORMAT: expected `plain` or `json`, got {self.log_format!r}")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"HUB_EVENT_LOOP: expected `auto`, `uvloop` or `asyncio`, got {self.event_loop!r}")
         for name in ("exchange", "live_exchange", "ingest_queue", "dead_letter", "presence_exchange"):
             try:
                 validate_topic(getattr(self, name))
@@ -218,6 +274,13 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
         if not 0 <= self.ingest_max_priority <= 9:
             raise ConfigError(f"HUB_INGEST_MAX_PRIORITY: expected 0 to 9, got {self.ingest_max_priority}")
+        if self.ingest_queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"HUB_INGEST_QUEUE_TYPE: expected `classic` or `quorum`, got {self.ingest_queue_type!r}")
+        if self.ingest_queue_type == "quorum" and self.ingest_max_priority > 0:
+            raise ConfigError(
+                "HUB_INGEST_QUEUE_TYPE=quorum needs HUB_INGEST_MAX_PRIORITY=0: quorum queues on RabbitMQ 3.10 "
+                f"have no priorities (x-max-priority), got HUB_INGEST_MAX_PRIORITY={self.ingest_max_priority}"
+            )
         for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative, got {getattr(self, name)}")
@@ -252,14 +315,31 @@ def _tls_checks(settings: Settings) -> None:
         raise ConfigError("HUB_TLS_KEY_FILE set without HUB_TLS_CERT_FILE")
 
 
+def _redis_checks(settings: Settings) -> None:
+    """A cluster URL or Sentinels, not both; Sentinels come with the primary's name."""
+    scheme = urlsplit(settings.redis_url).scheme if settings.redis_url else ""
+    if scheme == "rediss+cluster":
+        raise ConfigError("HUB_REDIS_URL: TLS to a Redis Cluster (rediss+cluster://) is not supported yet")
+    if settings.sentinel_addresses:
+        if not settings.redis_master:
+            raise ConfigError("HUB_REDIS_SENTINELS set without HUB_REDIS_MASTER (the primary's name)")
+        if scheme == "redis+cluster":
+            raise ConfigError("HUB_REDIS_SENTINELS and a redis+cluster:// HUB_REDIS_URL exclude each other")
+    elif settings.redis_master:
+        raise ConfigError("HUB_REDIS_MASTER set without HUB_REDIS_SENTINELS")
+
+
 _POSITIVE = (
     "port",
     "presence_ttl",
     "auth_timeout",
     "backend_timeout",
     "send_timeout",
+    "connect_concurrency",
     "ingest_max_length",
     "delivery_limit",
+    "ingest_shards",
+    "broker_outage_close",
     "ping_interval",
     "max_frame_size",
     "max_frame_rate",
@@ -296,7 +376,10 @@ def is_loopback(host: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and error messages)."""
+    """``url`` with its password replaced by ``***`` (for logs and error messages); each of
+    several comma-separated URLs (a RabbitMQ cluster's nodes)."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     try:
         parts = urlsplit(url)
         if parts.password is None:

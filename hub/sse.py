@@ -1,4 +1,4 @@
-"""The SSE channel: a session's frames as Server-Sent Events (docs/protocol.md §9).
+"""The SSE channel: a session's frames as Server-Sent Events (docs/protocol.md §10).
 
 ``SseTransport`` is the WebSocket ``Transport`` (hub/transport.py) with another framing:
 the same one writer, outbox, deadline per send and abort, so a stream that stops

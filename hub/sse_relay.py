@@ -1,4 +1,4 @@
-"""Client frames of SSE streams, routed to the replica that holds the stream (docs/protocol.md §9).
+"""Client frames of SSE streams, routed to the replica that holds the stream (docs/protocol.md §10).
 
 A ``POST /sse/<stream>`` may reach any replica behind the balancer. The stream's handle
 names its replica, so the replica that took the POST either hands the frame to the
@@ -19,10 +19,9 @@ import logging
 import re
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, deadline
 from hub.payload import BadPayload, dumps_json, loads_json
 
 log = logging.getLogger("hub.sse_relay")
@@ -66,7 +65,7 @@ def split_handle(handle: str) -> tuple[str, str] | None:
 class Relay:
     """This replica's streams, and the way to reach the others'."""
 
-    def __init__(self, replica: str, redis: aioredis.Redis | None, *, prefix: str, timeout: float) -> None:
+    def __init__(self, replica: str, redis: RedisClient | None, *, prefix: str, timeout: float) -> None:
         self.replica = replica
         self.streams: dict[str, Inbox] = {}
         self._redis = redis
@@ -108,7 +107,7 @@ class Relay:
             return Routed.GONE
         return Routed.ACCEPTED if stream.offer(frame) else Routed.BUSY
 
-    async def _listen(self, redis: aioredis.Redis) -> None:
+    async def _listen(self, redis: RedisClient) -> None:
         """Subscribe and deliver, riding out Redis outages (redis-py resubscribes on reconnect)."""
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:

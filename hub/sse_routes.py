@@ -1,4 +1,4 @@
-"""The SSE endpoints (docs/protocol.md §9): tickets, streams, and client frames by POST.
+"""The SSE endpoints (docs/protocol.md §10): tickets, streams, and client frames by POST.
 
 - ``POST /sse/ticket`` with ``Authorization: Bearer <JWT>`` → ``{"ticket", "expires_in"}``
   (hub/tickets.py); 401/4009-like refusals as 401, a sick backend as 503.
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
-import redis.asyncio as aioredis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,6 +25,7 @@ from starlette.routing import Route
 from hub.auth import TokenError
 from hub.backends import redis_client
 from hub.backends.base import BackendUnavailable
+from hub.backends.redis_client import RedisClient
 from hub.host import Host
 from hub.http_api import Handler, HttpError, guarded, read_body
 from hub.protocol import JSON
@@ -51,11 +51,15 @@ class SseGateway:
         self.host = host
         self._is_open = is_open
         settings = host.settings
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         store: TicketStore
         if settings.distributed and settings.redis_url:
             self._redis = redis_client.connect(
-                settings.redis_url, settings.backend_timeout, redis_ssl_options(settings)
+                settings.redis_url,
+                settings.backend_timeout,
+                redis_ssl_options(settings),
+                sentinels=settings.sentinel_addresses,
+                master=settings.redis_master,
             )
             store = RedisTickets(self._redis, prefix=settings.redis_prefix, timeout=settings.backend_timeout)
         else:

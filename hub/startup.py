@@ -112,7 +112,7 @@ def describe_services(node: Node) -> str:
     settings = node.settings
     if not (settings.amqp_url and settings.redis_url):
         return "the embedded backend (in-process broker, presence and history)"
-    amqp = urlsplit(settings.amqp_url)
+    amqp = urlsplit(settings.amqp_url.split(",")[0])  # a cluster's nodes share the vhost
     vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
     broker = "RabbitMQ (not connected)"
     connection = getattr(node.backend, "connection", None)

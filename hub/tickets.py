@@ -1,4 +1,4 @@
-"""SSE tickets and stream secrets (docs/protocol.md §9).
+"""SSE tickets and stream secrets (docs/protocol.md §10).
 
 ``EventSource`` cannot send headers, and a long-lived JWT in a URL ends up in access
 logs. So a client trades its token for a **ticket** (``POST /sse/ticket`` with
@@ -25,9 +25,7 @@ import secrets
 import time
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
-from hub.backends.redis_client import deadline
+from hub.backends.redis_client import RedisClient, deadline
 
 #: Stored tokens kept past a ticket's expiry, so a late redeem still finds it expired
 #: by its own clock rather than "used".
@@ -85,7 +83,7 @@ class MemoryTickets:
 class RedisTickets:
     """The distributed backend's store: every replica redeems every ticket; calls have a deadline."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, timeout: float) -> None:
         self._redis = redis
         self._prefix = prefix
         self._timeout = timeout

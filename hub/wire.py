@@ -34,6 +34,7 @@ from hub.amqp_decode import problems
 from hub.notification import Notification, new_id
 from hub.payload import BadPayload, check, dumps_json, loads_json, loads_msgpack
 from hub.protocol import JSON, Codec, Wire
+from hub.read_frames import parse_event
 from hub.topics import InvalidTopic, parse_offset, validate_topic
 
 # The publish helper's message (one definition, hubnotify.message), re-exported.
@@ -198,8 +199,9 @@ def _no_constant(name: str) -> Any:
 _live_decoder = json.JSONDecoder(parse_constant=_no_constant)
 
 
-def parse_live(body: bytes) -> LiveNotification:
-    """A live body (a ``notification`` frame built by ``json_frame``) as a notification.
+def parse_live(body: bytes) -> Notification:
+    """A live body (a ``notification`` frame built by ``json_frame``, or a read change built by
+    ``hub.read_frames.event_body``) as a notification.
 
     Strict, since anyone allowed to publish on the live exchange can send anything: raises
     Refused("unreadable") for anything but a frame a socket can be sent as it is.
@@ -207,6 +209,8 @@ def parse_live(body: bytes) -> LiveNotification:
     try:
         text = body.decode("utf-8")
         frame = _live_decoder.decode(text)
+        if type(frame) is dict and frame.get("type") == "read":
+            return parse_event(frame)  # a read change for every socket of a user (hub/read_frames.py)
         if type(frame) is not dict or frame.get("type") != "notification" or "data" not in frame:
             raise ValueError("expected a notification frame")
         id, topic, offset, ts = frame.get("id"), frame.get("topic"), frame.get("offset"), frame.get("ts")

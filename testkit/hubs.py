@@ -23,6 +23,7 @@ from hub.node import Node
 from hub.server import build_server
 from hub.settings import Settings
 from testkit.client import Client
+from testkit.clustered import clustered_environment
 from testkit.net import free_port
 from testkit.services import environment
 from testkit.tokens import API_KEY, SECRET, make_token
@@ -70,6 +71,14 @@ async def _distributed() -> AsyncIterator[dict[str, str]]:
 @contextlib.asynccontextmanager
 async def _distributed_nohistory() -> AsyncIterator[dict[str, str]]:
     async with environment(history=False) as env:
+        yield env
+
+
+@register_backend("clustered", history=True)
+@contextlib.asynccontextmanager
+async def _clustered() -> AsyncIterator[dict[str, str]]:
+    """Redis Cluster + a 3-node RabbitMQ cluster + ``HUB_INGEST_SHARDS=4`` (``testkit.clustered``)."""
+    async with clustered_environment() as env:
         yield env
 
 

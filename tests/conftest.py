@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Generator
 
 import pytest
 
+from testkit.clustered import stop_shared_clusters
 from testkit.hubs import BACKENDS, WITH_HISTORY, RunningHub, run_hub
 from testkit.services import ServiceMissing
 
@@ -73,3 +74,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if excinfo is not None and excinfo.errisinstance(ServiceMissing) and isinstance(report, pytest.TestReport):
         report.longrepr = str(excinfo.value)
     return report
+
+
+def pytest_sessionfinish() -> None:
+    """The ``clustered`` backend's Redis and RabbitMQ clusters end with the session."""
+    stop_shared_clusters()

@@ -1,4 +1,4 @@
-"""A small Server-Sent Events client for the SSE tests (docs/protocol.md §9): httpx
+"""A small Server-Sent Events client for the SSE tests (docs/protocol.md §10): httpx
 streaming, events parsed as the HTML spec says (``event``, ``id``, ``data``, comments)."""
 
 from __future__ import annotations

@@ -238,3 +238,19 @@ async def test_a_socket_with_an_es256_token_on_an_rs256_hub_is_closed_4001() -> 
         [frame] = await bystander.notifications(1)
         assert frame["data"] == "still here"
         await bystander.close()
+
+
+def test_each_authenticator_checks_with_its_own_secret_prepared_once() -> None:
+    other_secret = "another-secret-of-at-least-thirty-two-bytes"
+    ours, theirs = Authenticator(settings(jwt_secret=SECRET)), Authenticator(settings(jwt_secret=other_secret))
+    token = jwt.encode({"sub": "7", "exp": exp()}, SECRET, algorithm="HS256")
+    for _ in range(2):  # the second time from the prepared key
+        assert ours.verify(token).user == "7"
+        assert refused(theirs, token).code == CloseCode.BAD_TOKEN
+    assert theirs.verify(jwt.encode({"sub": "8", "exp": exp()}, other_secret, algorithm="HS256")).user == "8"
+
+
+def test_a_header_read_leniently_to_choose_the_key_is_still_checked_strictly() -> None:
+    token = jwt.encode({"sub": "7", "exp": exp()}, SECRET, algorithm="HS256")
+    head, _, rest = token.partition(".")
+    assert refused(Authenticator(settings(jwt_secret=SECRET)), f"{head}!!.{rest}").code == CloseCode.BAD_TOKEN

@@ -30,6 +30,7 @@ import hubnotify
 from hub.auth import Authenticator
 from hub.settings import DEFAULTS, Settings
 from hubnotify import BlockingPublisher, InvalidTopic, Publisher, mint_token
+from hubnotify.confirm import Unroutable
 from hubnotify.presence import online_many
 from hubnotify.topics import as_user_id
 from testkit import SECRET, environment, run_hub, wait_for
@@ -221,8 +222,9 @@ async def test_a_fresh_vhost_the_exchange_the_ingest_queue() -> None:
     async with fresh_vhost() as url, environment() as env:
         deployment = {**env, **default_names(url)}
         assert await exchange_kind(url, "notifications") is None
-        async with Publisher(url) as publisher:  # nothing but the URL, as in the README
-            await publisher.publish(42, "before any hub ever started")
+        async with Publisher(url, timeout=1) as publisher:  # nothing but the URL, as in the README
+            with pytest.raises(Unroutable):  # returned (mandatory), published again until the deadline
+                await publisher.publish(42, "before any hub ever started")
         assert await exchange_kind(url, "notifications") == "topic true"
 
         async with run_hub("distributed", env=deployment) as hub:  # same declaration: no conflict
@@ -366,7 +368,8 @@ async def test_failed_connects_leave_nothing_behind() -> None:
 async def test_a_stalled_broker_is_a_timeout_not_a_hang() -> None:
     async with environment() as env, proxied(env["HUB_AMQP_URL"]) as proxy:
         url = via(env["HUB_AMQP_URL"], proxy.port)
-        publisher = Publisher(url, exchange=env["HUB_EXCHANGE"], timeout=0.5)
+        # no hub bound a queue in this test: mandatory would make every publish Unroutable
+        publisher = Publisher(url, exchange=env["HUB_EXCHANGE"], timeout=0.5, mandatory=False)
         await publisher.connect()
         proxy.stall()
         with pytest.raises(TimeoutError):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from hub.backends import create_backend
-from hub.backends.base import Backend, Connection, HistoryRead, Receipt, Subscription
+from hub.backends.base import Backend, Connection, HistoryRead, Reads, Receipt, Subscription
 from hub.codes import CloseCode
 from hub.node import Node
 from hub.notification import Notification
@@ -268,6 +268,10 @@ class Stalling:
     @property
     def presence(self) -> Stalling:
         return self
+
+    @property
+    def reads(self) -> Reads | None:
+        return self.inner.reads
 
     async def start(self) -> None:
         await self.inner.start()

@@ -1,4 +1,4 @@
-"""The SSE transport (docs/protocol.md §9) on every backend: the same protocol as ``/ws``
+"""The SSE transport (docs/protocol.md §10) on every backend: the same protocol as ``/ws``
 as Server-Sent Events, tickets, client frames by POST, and every refusal a clear status."""
 
 from __future__ import annotations

@@ -75,6 +75,13 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--amqp", required=True)
     parser.add_argument("--exchange", default="notifications")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio's loop")
     args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        runner = uvloop.run
+    else:
+        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(args.port, args.amqp, args.exchange))
+        runner(main(args.port, args.amqp, args.exchange))

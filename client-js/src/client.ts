@@ -11,7 +11,10 @@ import type {
   ErrorFrame,
   NotificationFrame,
   RawFrame,
+  ReadFrame,
 } from './frames.js';
+import { ReadTracker } from './reads.js';
+import type { MarkReadOptions } from './reads.js';
 import { decodeClaims, refreshDelay } from './jwt.js';
 import { BrowserWatch } from './browser.js';
 import { MemoryStorage, OffsetTracker, WebStorage } from './offsets.js';
@@ -72,6 +75,7 @@ export class HubClient extends Emitter<HubClientEvents> {
   private pingMs: number | null = null;
   private lastHeard = 0;
   private _connection: ConnectedFrame | null = null;
+  private readonly reads = new ReadTracker();
 
   constructor(options: HubClientOptions) {
     super();
@@ -132,6 +136,33 @@ export class HubClient extends Emitter<HubClientEvents> {
   /** The last offset seen per topic (the resume point of the next reconnect). */
   get offsets(): Record<string, string> {
     return this.tracker.snapshot();
+  }
+
+  /** Unread count per topic (docs/protocol.md §9); empty until connected to a hub that keeps read state. */
+  get unread(): Record<string, number> {
+    return this.reads.unread;
+  }
+
+  /** Whether a notification is known to be read (in this tab or another one of the user). */
+  isRead(notification: { topic: string; offset?: string }): boolean {
+    return this.reads.isRead(notification.topic, notification.offset);
+  }
+
+  /**
+   * Marks notifications read: everything of `topic` (default: the user's own) up to `upTo`,
+   * and/or single `offsets` (at most 100), or one notification. Every tab and device of the
+   * user then gets a `read` event with the new count. Returns false when not connected (or the
+   * hub keeps no read state: history off);
+   * throws TypeError for input the hub would refuse (more than 100 offsets, nothing to mark).
+   */
+  markRead(target: MarkReadOptions | { topic: string; offset?: string; id: string }): boolean {
+    const own = this._connection ? `user.${this._connection.user}` : null;
+    const options: MarkReadOptions =
+      'id' in target ? { topic: target.topic, offsets: target.offset ? [target.offset] : [] } : target;
+    if (this._state !== 'connected' || !this.reads.supported || (own === null && options.topic === undefined)) return false;
+    const frame = this.reads.request(options, own);
+    this.send(frame);
+    return true;
   }
 
   /** Starts connecting (and staying connected). Does nothing if already started. */
@@ -275,6 +306,9 @@ export class HubClient extends Emitter<HubClientEvents> {
       case 'notification':
         this.onNotification(frame as unknown as NotificationFrame);
         break;
+      case 'read':
+        this.onRead(frame as unknown as ReadFrame);
+        break;
       case 'ping':
         this.send({ type: 'pong' });
         break;
@@ -305,6 +339,7 @@ export class HubClient extends Emitter<HubClientEvents> {
     if (this.token) this.scheduleRefresh(this.token);
     this.setState('connected');
     this.emit('connected', frame);
+    for (const topic of this.reads.connected(frame)) this.emitUnread(topic);
     const gap = frame.recovered === false ? [...this.sentSince] : [];
     if (this.everConnected && Array.isArray(frame.topics)) {
       // A reconnect without a resume point for a topic (history off on the hub: no offsets)
@@ -321,6 +356,19 @@ export class HubClient extends Emitter<HubClientEvents> {
     if (!this.tracker.accept(frame.topic, frame.offset)) return; // duplicate
     const { type: _type, ...notification } = frame;
     this.emit('notification', notification);
+    if (this.reads.notified(frame.topic, frame.offset)) this.emitUnread(frame.topic);
+  }
+
+  private onRead(frame: ReadFrame): void {
+    this.reads.read(frame);
+    const { type: _type, ...read } = frame;
+    this.emit('read', read);
+    this.emitUnread(frame.topic);
+  }
+
+  private emitUnread(topic: string): void {
+    const counts = this.reads.unread;
+    this.emit('unread', { topic, unread: counts[topic] ?? 0, counts });
   }
 
   // -- closing and reconnecting -----------------------------------------

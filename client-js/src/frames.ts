@@ -19,7 +19,15 @@ export interface PongFrame {
   type: 'pong';
 }
 
-export type ClientFrame = ConnectFrame | RefreshFrame | PongFrame;
+/** `read`: mark notifications of a topic read, up to an offset and/or one by one (§9). */
+export interface ReadRequestFrame {
+  type: 'read';
+  topic: string;
+  up_to?: string;
+  offsets?: string[];
+}
+
+export type ClientFrame = ConnectFrame | RefreshFrame | PongFrame | ReadRequestFrame;
 
 /** `connected`: the hub accepted the connection. */
 export interface ConnectedFrame {
@@ -34,6 +42,20 @@ export interface ConnectedFrame {
   recovered: boolean;
   /** The latest offset per topic at connect time. */
   offsets: Record<string, string>;
+  /** Unread count per topic (§9); absent when the hub keeps no read state (history off). */
+  unread?: Record<string, number>;
+}
+
+/** `read`: the user's read state of a topic changed (in any tab or device, or over HTTP). */
+export interface ReadFrame {
+  type: 'read';
+  topic: string;
+  /** Everything up to this offset is read (`0-0`: nothing). */
+  up_to: string;
+  /** Notifications after `up_to` read one by one. */
+  offsets: string[];
+  /** The topic's unread count after the change. */
+  unread: number;
 }
 
 /** `notification`: one notification for the user (or a granted topic). */
@@ -61,7 +83,7 @@ export interface ErrorFrame {
   message: string;
 }
 
-export type ServerFrame = ConnectedFrame | NotificationFrame | PingFrame | ErrorFrame;
+export type ServerFrame = ConnectedFrame | NotificationFrame | PingFrame | ErrorFrame | ReadFrame;
 
 /** An untyped frame as it came off the wire, before validation. */
 export type RawFrame = { type?: unknown } & Record<string, unknown>;
@@ -79,10 +101,21 @@ export function invalidFrameReason(frame: RawFrame): string | null {
         return `notification: expected string offset, got ${typeof frame['offset']}`;
       }
       return null;
+    case 'read':
+      return invalidReadFrame(frame);
     case 'ping':
     case 'error':
       return null;
     default:
       return `unknown frame type ${JSON.stringify(frame.type)}`;
   }
+}
+
+/** Checks a `read` frame's shape; a reason when it is not usable, else null. */
+function invalidReadFrame(frame: RawFrame): string | null {
+  if (typeof frame['topic'] !== 'string') return 'read: expected string topic';
+  if (typeof frame['up_to'] !== 'string') return 'read: expected string up_to';
+  if (!Array.isArray(frame['offsets']) || !frame['offsets'].every((o) => typeof o === 'string')) return 'read: expected offsets, a list of strings';
+  if (typeof frame['unread'] !== 'number') return 'read: expected number unread';
+  return null;
 }

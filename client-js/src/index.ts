@@ -21,6 +21,8 @@ export { fullJitterDelay } from './backoff.js';
 export { compareOffsets, MemoryStorage, WebStorage } from './offsets.js';
 export type { OffsetStorage, StoredOffsets } from './offsets.js';
 export { decodeClaims } from './jwt.js';
+export { MAX_READ_OFFSETS, ReadTracker } from './reads.js';
+export type { MarkReadOptions, ReadMarks, UnreadEvent } from './reads.js';
 export type { TokenClaims } from './jwt.js';
 export type {
   ClientFrame,
@@ -30,6 +32,8 @@ export type {
   NotificationFrame,
   PingFrame,
   PongFrame,
+  ReadFrame,
+  ReadRequestFrame,
   RefreshFrame,
   ServerFrame,
 } from './frames.js';

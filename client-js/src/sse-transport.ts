@@ -36,7 +36,7 @@ export function defaultSseUrl(wsUrl: string): string {
   return url.replace(/\/ws\/?$/, '/sse');
 }
 
-/** `Last-Event-ID` for a `since` map: `topic:offset` pairs, sorted, joined by `,` (docs/protocol.md §9). */
+/** `Last-Event-ID` for a `since` map: `topic:offset` pairs, sorted, joined by `,` (docs/protocol.md §10). */
 export function eventId(since: Record<string, string>): string {
   return Object.keys(since)
     .sort()
@@ -45,7 +45,7 @@ export function eventId(since: Record<string, string>): string {
 }
 
 /**
- * Protocol v1 over Server-Sent Events (docs/protocol.md §9), read with `fetch` so that
+ * Protocol v1 over Server-Sent Events (docs/protocol.md §10), read with `fetch` so that
  * the hub's ping comments are seen (the client's watchdog) and `Last-Event-ID` can be
  * sent on a new stream: the token buys a single-use ticket (`POST <sseUrl>/ticket`),
  * the ticket opens `GET <sseUrl>?ticket=…`, and client frames go by `POST` to the

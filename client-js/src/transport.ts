@@ -1,6 +1,6 @@
 import type { ClientFrame, ConnectFrame, RawFrame } from './frames.js';
 
-/** Which transport carries a connection (docs/protocol.md §3 WebSocket, §9 SSE). */
+/** Which transport carries a connection (docs/protocol.md §3 WebSocket, §10 SSE). */
 export type TransportKind = 'websocket' | 'sse';
 
 /** What a transport reports to the client; every callback comes from the transport in use only. */

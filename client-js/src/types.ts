@@ -1,5 +1,6 @@
 import type { Protocol } from './codec.js';
-import type { ConnectedFrame, NotificationFrame } from './frames.js';
+import type { ConnectedFrame, NotificationFrame, ReadFrame } from './frames.js';
+import type { UnreadEvent } from './reads.js';
 import type { OffsetStorage } from './offsets.js';
 
 /** Which transports the client may use (see {@link HubClientOptions.transport}). */
@@ -126,4 +127,8 @@ export interface HubClientEvents {
   gap: GapEvent;
   disconnected: DisconnectEvent;
   error: HubClientError;
+  /** The user's read state of a topic changed (here, in another tab or device, or over HTTP). */
+  read: Omit<ReadFrame, 'type'>;
+  /** A topic's unread count changed (from `connected`, a new notification or a `read`). */
+  unread: UnreadEvent;
 }

@@ -173,6 +173,55 @@ class History(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ReadState:
+    """One user's read state of one topic (docs/protocol.md §9).
+
+    ``up_to``: every notification at or below this offset is read (``0-0``: none);
+    ``offsets``: the notifications after it read one by one, retained ones only, oldest
+    first; ``unread``: how many retained notifications after ``up_to`` are not in ``offsets``.
+    """
+
+    topic: str
+    up_to: str
+    offsets: tuple[str, ...]
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEntry:
+    """A retained notification with whether the user has read it (a page of ``Reads.page``)."""
+
+    notification: Notification
+    read: bool
+
+
+class Reads(Protocol):
+    """Per user and topic: a read cursor plus single read marks after it (docs/protocol.md §9).
+
+    Kept as long as the history it refers to: marks at or below the cursor fold into it,
+    marks of notifications no longer retained are dropped (never counted either way).
+    Topics and users are validated by the caller; offsets are canonical (``str(Offset)``).
+    Every call takes at most ``backend_timeout`` and raises BackendUnavailable past it.
+    """
+
+    async def unread(self, user: str, topics: Sequence[str]) -> dict[str, int]:
+        """The unread count of each topic for ``user``."""
+        ...
+
+    async def mark(self, user: str, topic: str, *, up_to: str | None, offsets: Sequence[str]) -> ReadState:
+        """Move the cursor to ``up_to`` (never backwards, never past the topic's newest
+        offset) and mark ``offsets`` (those that are retained notifications after the
+        cursor; others are ignored); then tell every socket of ``user``, on every replica,
+        with a ``read`` frame. Returns the state after the change."""
+        ...
+
+    async def page(self, user: str, topic: str, *, before: str | None, limit: int) -> list[ReadEntry]:
+        """Up to ``limit`` retained notifications of ``topic`` older than ``before`` (None:
+        from the newest), newest first, each with its read flag for ``user``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
     """One socket as presence sees it."""
 
@@ -220,6 +269,11 @@ class Backend(Protocol):
 
     @property
     def presence(self) -> Presence: ...
+
+    @property
+    def reads(self) -> Reads | None:
+        """Read state (docs/protocol.md §9); None when history is off (nothing to read)."""
+        ...
 
     async def start(self) -> None:
         """Connect and declare what is needed; raise if the engines cannot be reached."""

@@ -21,20 +21,24 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
-import redis.asyncio as aioredis
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from hub import amqp_decode, wire
-from hub.backends import redis_client
+from hub.backends import amqp_writes, redis_client
 from hub.backends.base import BackendUnavailable, Presence
 from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
+from hub.backends.redis_reads import RedisReads
 from hub.backends.sequencer import Sequencer
+from hub.backends.shard_topology import declare_shards, ingest_queues
+from hub.backends.shards import ShardCoordinator
 from hub.backends.topology import declare_topology
+from hub.read_frames import ReadEvent, event_body, read_key
 from hub.settings import Settings, redact_url
 from hub.tls import amqp_ssl_context, redis_ssl_options
+from hubnotify.failover import FailoverConnection, split_urls
 
 log = logging.getLogger("hub.distributed")
 
@@ -53,8 +57,12 @@ class DistributedBackend:
         assert settings.amqp_url, "the distributed backend needs HUB_AMQP_URL"
         assert settings.redis_url, "the distributed backend needs HUB_REDIS_URL"
         self._settings = settings
-        self._redis: aioredis.Redis = redis_client.connect(
-            settings.redis_url, settings.backend_timeout, redis_ssl_options(settings)
+        self._redis: redis_client.RedisClient = redis_client.connect(
+            settings.redis_url,
+            settings.backend_timeout,
+            redis_ssl_options(settings),
+            sentinels=settings.sentinel_addresses,
+            master=settings.redis_master,
         )
         self._history = (
             RedisHistory(
@@ -65,6 +73,19 @@ class DistributedBackend:
                 timeout=settings.backend_timeout,
             )
             if settings.history_enabled
+            else None
+        )
+        self._reads = (
+            RedisReads(
+                self._redis,
+                self._history,
+                prefix=settings.redis_prefix,
+                size=settings.history_size,
+                ttl=settings.history_ttl,
+                timeout=settings.backend_timeout,
+                announce=self._announce_read,
+            )
+            if self._history is not None
             else None
         )
         self._presence = RedisPresence(
@@ -78,7 +99,9 @@ class DistributedBackend:
         self._connection: AbstractRobustConnection | None = None
         self._broker: LiveBroker | None = None
         self._sequencer: Sequencer | None = None
+        self._shards: ShardCoordinator | None = None  # HUB_INGEST_SHARDS > 1 (hub/backends/shards.py)
         self._presence_exchange: AbstractExchange | None = None
+        self._read_exchange: AbstractExchange | None = None  # the live exchange, for read events
         self._observer: AbstractRobustChannel | None = None
         self._ingest: tuple[int, int] | None = None  # hub.ingest: messages, consumers (last seen)
 
@@ -98,6 +121,10 @@ class DistributedBackend:
     @property
     def presence(self) -> Presence:
         return self._presence
+
+    @property
+    def reads(self) -> RedisReads | None:
+        return self._reads
 
     @property
     def sequencer(self) -> Sequencer | None:
@@ -128,26 +155,36 @@ class DistributedBackend:
         # Built here rather than by connect_robust, so that a failed first attempt can be
         # closed (its reconnection task stopped); ``timeout`` bounds every later attempt
         # too, so a reconnect to a port that accepts TCP and never speaks AMQP gives up.
-        self._connection = connection = aio_pika.RobustConnection(
-            aio_pika.connection.make_url(settings.amqp_url),
+        # One URL, or a cluster's nodes comma-separated: FailoverConnection moves between them.
+        self._connection = connection = FailoverConnection(
+            split_urls(settings.amqp_url),
             client_properties={"connection_name": f"hub {settings.replica_id}"},
             reconnect_interval=RECONNECT_INTERVAL,
             ssl_context=amqp_ssl_context(settings),
         )
+        amqp_writes.install(connection)  # one write per loop turn, not one per frame
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             await connection.connect(timeout=settings.backend_timeout)
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             channel = await connection.channel()
             await declare_topology(channel, settings)
+            if self._history is not None and settings.ingest_shards > 1:
+                await declare_shards(channel, settings)  # first: a missing plugin closes the connection
             # Presence events are fire-and-forget (no confirm, no return): a connect must not
             # wait a broker round trip for an event nobody may be listening to.
             events = await connection.channel(publisher_confirms=False)
             self._presence_exchange = await events.get_exchange(settings.presence_exchange, ensure=False)
+            if self._reads is not None:
+                self._read_exchange = await events.get_exchange(settings.live_exchange, ensure=False)
             self._broker = LiveBroker(connection, settings)
             await self._broker.start()
-            if self._history is not None:
+            if self._history is not None and settings.ingest_shards > 1:
+                self._shards = ShardCoordinator(connection, self._history, self._redis, settings)
+                await self._shards.start()
+            elif self._history is not None:
                 self._sequencer = Sequencer(connection, self._history, settings)
                 await self._sequencer.start()
+            if self._history is not None:
                 # its own channel: a passive declare of a queue that is gone closes the channel
                 self._observer = await connection.channel(publisher_confirms=False)
         async with _answering("Redis", settings.redis_url, settings.backend_timeout):
@@ -157,6 +194,9 @@ class DistributedBackend:
         if self._sequencer is not None:
             await self._sequencer.close()
             self._sequencer = None
+        if self._shards is not None:
+            await self._shards.close()
+            self._shards = None
         with contextlib.suppress(Exception):
             await self._presence.close()
         if self._broker is not None:
@@ -164,7 +204,7 @@ class DistributedBackend:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
-        await self._redis.aclose()
+        await redis_client.close(self._redis)
 
     async def check(self) -> dict[str, str | None]:
         """Each service's health, both probed at once within ``backend_timeout``: RabbitMQ
@@ -197,7 +237,12 @@ class DistributedBackend:
         stats: dict[str, Any] = {}
         if self._broker is not None:
             broker = self._broker
-            stats.update(overflows=broker.overflows, dropped=broker.dropped, restore_failures=broker.restore_failures)
+            stats.update(
+                overflows=broker.overflows,
+                dropped=broker.dropped,
+                restore_failures=broker.restore_failures,
+                outage_closes=broker.outage_closes,
+            )
         if self._history is not None:
             stats["history_skipped"] = self._history.skipped
         if self._sequencer is not None:
@@ -210,6 +255,8 @@ class DistributedBackend:
                 ingest_lag_seconds=s.last_lag_ms / 1000,
                 sequencer_inflight=self._sequencer.inflight,
             )
+        if self._shards is not None:
+            stats.update(self._shards.stats())
         if self._ingest is not None:
             stats.update(ingest_backlog=self._ingest[0], ingest_consumers=self._ingest[1])
         return stats
@@ -220,15 +267,19 @@ class DistributedBackend:
         observer = self._observer
         if observer is None:
             return
+        messages = consumers = 0
         try:
             async with asyncio.timeout(self._settings.backend_timeout):
                 channel = await observer.get_underlay_channel()
-                declared = await channel.queue_declare(self._settings.ingest_queue, passive=True)
+                for queue in ingest_queues(self._settings):  # every shard, summed
+                    declared = await channel.queue_declare(queue, passive=True)
+                    messages += declared.message_count or 0
+                    consumers += declared.consumer_count or 0
         except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.debug("could not read %s's length: %r", self._settings.ingest_queue, exc)
             self._ingest = None
             return
-        self._ingest = (declared.message_count or 0, declared.consumer_count or 0)
+        self._ingest = (messages, consumers)
 
     async def _presence_event(self, user: str, online: bool) -> None:
         """``presence.online.<id>`` / ``presence.offline.<id>`` on ``hub.presence`` (docs/protocol.md §6).
@@ -251,6 +302,26 @@ class DistributedBackend:
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BackendUnavailable(f"presence event dropped: {exc!r}") from exc
 
+    async def _announce_read(self, event: ReadEvent) -> None:
+        """A read change to every socket of its user, on every replica: the ``read`` event on the
+        live exchange with the user's read key (hub/read_frames.py, docs/protocol.md §9).
+
+        At most once, like presence events; raises BackendUnavailable when RabbitMQ does not
+        take it within ``backend_timeout`` (the state is saved: a reconnect shows it).
+        """
+        exchange, connection = self._read_exchange, self._connection
+        if exchange is None or connection is None or not connection.connected.is_set():
+            raise BackendUnavailable("read event not sent: not connected to RabbitMQ")
+        message = aio_pika.Message(event_body(event), content_type=wire.JSON_TYPE)
+        timeout = self._settings.backend_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await exchange.publish(message, routing_key=read_key(event.user), mandatory=False)
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"read event not sent: RabbitMQ took more than {timeout:g} s") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BackendUnavailable(f"read event not sent: {exc!r}") from exc
+
 
 @contextlib.asynccontextmanager
 async def _answering(service: str, url: str, seconds: float) -> AsyncIterator[None]:
@@ -262,7 +333,7 @@ async def _answering(service: str, url: str, seconds: float) -> AsyncIterator[No
             yield
     except TimeoutError as exc:
         raise BackendUnavailable(f"{where} did not answer within {seconds:g} s") from exc
-    except (OSError, RedisError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+    except (OSError, RedisError, RedisClusterException, aiormq.exceptions.AMQPError, RuntimeError) as exc:
         reason = str(exc) or type(exc).__name__
         password = urlsplit(url).password
         if password:

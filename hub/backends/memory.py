@@ -21,6 +21,7 @@ from hub.backends.base import (
     SubscriptionOverflow,
     issued_here,
 )
+from hub.backends.memory_reads import MemoryReads
 from hub.notification import Notification, new_id, now_ms
 from hub.settings import Settings
 from hub.topics import ZERO_OFFSET, format_offset, parse_offset
@@ -80,6 +81,14 @@ class MemoryHistory:
         while len(stream.entries) > self._size:
             stream.drop_oldest()
         return offset, False
+
+    def retained(self, topic: str) -> list[Notification]:
+        """``topic``'s retained notifications, oldest first (read state counts these)."""
+        stream = self._streams.get(topic)
+        if stream is None:
+            return []
+        self._trim_age(stream, now_ms())
+        return [n for _, n in stream.entries]
 
     def notification(self, topic: str) -> Notification:
         """The newest notification of ``topic`` (just appended by the caller)."""
@@ -200,6 +209,12 @@ class MemoryBroker:
             self._subscribers.setdefault(topic, set()).add(subscription)
         return subscription
 
+    def push(self, key: str, notification: Notification) -> None:
+        """Hand ``notification`` to every subscription bound to ``key`` (a topic, or a user's
+        read key: hub/read_frames.py)."""
+        for subscription in self._subscribers.get(key, ()):
+            subscription.push(notification)
+
     def unsubscribe(self, subscription: _MemorySubscription) -> None:
         for topic in subscription.topics:
             subscribers = self._subscribers.get(topic)
@@ -242,6 +257,7 @@ class MemoryBackend:
         self._history = history
         self._broker = MemoryBroker(history, settings.socket_queue_size)
         self._presence = MemoryPresence()
+        self._reads = MemoryReads(history, self._broker) if history is not None else None
 
     @property
     def name(self) -> str:
@@ -258,6 +274,10 @@ class MemoryBackend:
     @property
     def presence(self) -> MemoryPresence:
         return self._presence
+
+    @property
+    def reads(self) -> MemoryReads | None:
+        return self._reads
 
     async def start(self) -> None:
         """Nothing to connect to."""

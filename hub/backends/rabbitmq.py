@@ -19,6 +19,11 @@ subscriptions and a background restorer declares their queues again (fresh names
 each is restored (it raises ``SubscriptionGap`` once, so the session back-fills from
 history whatever the old, deleted queue held) or its deadline passes (it raises
 ``SubscriptionLost``: the socket is closed with 1013, never left open and silent).
+With several node URLs the connection moves to another node of the cluster
+(``hubnotify.failover``); while none answers, sockets are lost after
+``broker_outage_close`` seconds (1013), not left silent. Publishes go through
+``hubnotify.confirm`` (a nack: a fresh channel; with history on, ``mandatory``: a
+returned message is published again), within ``backend_timeout``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from hub.backends.live_queues import AmqpSubscription, ChannelSlot
 from hub.backends.topology import declare_topology as declare_topology  # re-exported: moved to topology.py
 from hub.notification import Notification, now_ms
 from hub.settings import Settings
+from hubnotify.confirm import ConfirmingExchange
 
 log = logging.getLogger("hub.rabbitmq")
 
@@ -69,12 +75,16 @@ class LiveBroker:
         self._slots: list[ChannelSlot] = []
         self._next = 0
         self._publish_channel: AbstractRobustChannel | None = None
-        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._confirming: ConfirmingExchange | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
         self.overflows = 0
         self.restores = 0
         self.restore_failures = 0
+        self.outage_closes = 0
+        self._up = asyncio.Event()  # connected, channels restored (cleared when the connection drops)
+        self._outage: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def restore_deadline(self) -> float:
@@ -83,9 +93,8 @@ class LiveBroker:
 
     async def start(self) -> None:
         """Open the channel pool and the overflow consumer."""
-        self._publish_channel = channel = await self._connection.channel(publisher_confirms=True)
-        assert self._publish_channel is not None
-        self._exchange = await channel.get_exchange(self.settings.exchange, ensure=False)
+        self._confirming = ConfirmingExchange(self._open_exchange)
+        await self._confirming.start()
         for _ in range(CHANNEL_POOL):
             robust: AbstractRobustChannel = await self._connection.channel(publisher_confirms=False)
             await robust.set_qos(prefetch_count=self.settings.prefetch)
@@ -95,6 +104,38 @@ class LiveBroker:
             self._slots.append(slot)
         overflow = await self._slots[0].robust.declare_queue(self.overflow_queue, exclusive=True, auto_delete=True)
         await overflow.consume(self._on_overflow, no_ack=True)
+        self._up.set()
+        self._connection.close_callbacks.add(self._dropped)
+        self._connection.reconnect_callbacks.add(self._reconnected)
+
+    def _dropped(self, *args: Any) -> None:
+        """The connection to RabbitMQ dropped: sockets wait ``broker_outage_close`` seconds for
+        a node to answer again (this one or another of the cluster), then are closed with 1013."""
+        self._up.clear()
+        if not self._closing and (self._outage is None or self._outage.done()):
+            self._outage = self._spawn(self._outage_watch(), "hub-broker-outage")
+
+    def _reconnected(self, *args: Any) -> None:
+        self._up.set()
+
+    async def _outage_watch(self) -> None:
+        grace = self.settings.broker_outage_close
+        try:
+            async with asyncio.timeout(grace):
+                await self._up.wait()
+            return
+        except TimeoutError:
+            pass
+        lost = [s for slot in self._slots for s in list(slot.subscriptions.values()) if not s.closed]
+        log.warning("no RabbitMQ node answered for %g s: closing %d sockets with 1013", grace, len(lost))
+        self.outage_closes += len(lost)
+        for subscription in lost:
+            subscription.lose(f"no RabbitMQ node reachable for {grace:g} s")
+
+    async def _open_exchange(self) -> aio_pika.abc.AbstractExchange:
+        """A confirming channel (returns raise) and its handle on ``notifications``; again when it nacks."""
+        self._publish_channel = channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        return await channel.get_exchange(self.settings.exchange, ensure=False)
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run ``work`` in the background, kept until done and awaited by ``close``."""
@@ -183,6 +224,7 @@ class LiveBroker:
 
     async def close(self) -> None:
         """Stop background work; closing the connection then deletes every exclusive queue."""
+        self._closing = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -223,15 +265,17 @@ class LiveBroker:
         """Confirmed, persistent publish to ``notifications``; the sequencer assigns the offset.
 
         Raises BackendUnavailable when the broker does not confirm within ``backend_timeout``:
-        the message may still have been taken, so a retry should reuse ``message_id``.
+        the message may still have been taken, so a retry should reuse ``message_id``. Within
+        it, a nacked publish goes again on a fresh channel, and (history on: ``hub.ingest``
+        takes every topic) a returned one again, as ``hubnotify.confirm`` says.
         """
-        assert self._exchange is not None
+        assert self._confirming is not None
         message, id = wire.build_message(data, message_id=message_id, ttl=ttl, priority=priority)
         self._connected()
         timeout = self.settings.backend_timeout
+        mandatory = self.settings.history_enabled
         try:
-            async with asyncio.timeout(timeout):
-                await self._exchange.publish(message, routing_key=topic, mandatory=False)
+            await self._confirming.publish(message, topic, mandatory=mandatory, seconds=timeout)
         except TimeoutError as exc:
             raise BackendUnavailable(f"RabbitMQ did not confirm the publish within {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:

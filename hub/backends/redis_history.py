@@ -2,29 +2,36 @@
 
 Layout under ``prefix`` (``settings.redis_prefix``):
 
-- ``<prefix>s:<topic>``: the topic's stream; fields ``i`` (notification id), ``t`` (ts,
+- ``<prefix>s:{<topic>}``: the topic's stream; fields ``i`` (notification id), ``t`` (ts,
   ms), ``k`` (how ``d`` is encoded: ``j`` JSON, ``m`` msgpack) and ``d`` (the payload,
   as the publisher sent it: it is never re-encoded on the way in);
-- ``<prefix>d:<topic>:<id>``: the de-duplication key, holding the entry's offset for as
+- ``<prefix>d:{<topic>}:<id>``: the de-duplication key, holding the entry's offset for as
   long as the entry is retained.
+
+The ``{<topic>}`` hash tag puts every key of a topic in the topic's hash slot, so each
+script touches one slot and runs on a Redis Cluster as on one Redis (every key about a
+topic, read state included, follows this convention). Keys named before the tags
+(``<prefix>s:<topic>``) are not read any more: see docs/operations.md, "Upgrading".
 
 Retention is exact (count and age), like the embedded backend: entries are removed
 with ``XDEL`` rather than ``XTRIM`` because Redis 7.0 only advances the stream's
 ``max-deleted-entry-id`` on ``XDEL``, and that id is what makes the ``complete`` flag
 of a read exact (a read after offset ``o`` is complete iff ``o >= max-deleted``). Every
-operation is one Lua script call, so an append batch is atomic and one round trip.
+operation is one Lua script call per hash slot: on one Redis (or a Sentinel-managed
+primary) an append batch is one atomic call; on a cluster it is one call per slot, all
+in one pipeline (atomic per topic, which is what order and de-duplication need).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from hub.backends.base import HistoryRead, issued_here
-from hub.backends.redis_client import deadline
+from hub.backends.redis_batch import batch_for
+from hub.backends.redis_client import RedisClient, ScriptCall, deadline, run_scripts, slot_of
 from hub.notification import Notification, now_ms
 from hub.payload import BadPayload, loads_json, loads_msgpack
 from hub.protocol import json_dumps
@@ -60,17 +67,27 @@ end
 """
 
 # KEYS: stream and de-dup key per message, interleaved. ARGV: maxlen, horizon (ms, 0: no
-# age cap), ttl (ms, 0: none), then id, ts, kind, data per message. Returns, per message,
-# {offset, 1 if it was a duplicate else 0}.
+# age cap), ttl (ms, 0: none), then id, ts, kind, data, newest per message: newest is the
+# offset the writer appended last to that stream ('0-0': unknown). Returns, per message,
+# {offset, 1 if it was a duplicate else 0}, then the number of streams found without
+# their newest offset (a lost tail, marked as _MARK_LOST does before appending).
 _APPEND = (
     _TRIM
     + """
 local maxlen, horizon, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local touched = {}
+local lost = 0
 for m = 1, #KEYS / 2 do
   local s, d = KEYS[2 * m - 1], KEYS[2 * m]
-  local a = 3 + 4 * (m - 1)
+  local a = 3 + 5 * (m - 1)
+  if touched[s] == nil and ARGV[a + 5] ~= '0-0' then
+    local added = redis.pcall('XADD', s, ARGV[a + 5], 'lost', '1')
+    if not (type(added) == 'table' and added.err) then
+      redis.call('XDEL', s, ARGV[a + 5])
+      lost = lost + 1
+    end
+  end
   local existing = redis.call('GET', d)
   if existing then
     out[m] = {existing, 1}
@@ -78,13 +95,14 @@ for m = 1, #KEYS / 2 do
     local off = redis.call('XADD', s, '*', 'i', ARGV[a + 1], 't', ARGV[a + 2], 'k', ARGV[a + 3], 'd', ARGV[a + 4])
     if ttl > 0 then redis.call('SET', d, off, 'PX', ttl) else redis.call('SET', d, off) end
     out[m] = {off, 0}
-    touched[s] = string.sub(d, 1, #d - #ARGV[a + 1])
   end
+  touched[s] = string.sub(d, 1, #d - #ARGV[a + 1])
 end
 for s, dprefix in pairs(touched) do
   trim(s, dprefix, maxlen, horizon)
   if ttl > 0 then redis.call('PEXPIRE', s, ttl) end
 end
+out[#out + 1] = lost
 return out
 """
 )
@@ -109,6 +127,19 @@ return {1, maxdel, redis.call('XRANGE', s, ARGV[4], '+'), last, is_entry}
 """
 )
 
+# KEYS: stream. ARGV: an offset this stream issued (the newest its writer remembers), ttl
+# (ms, 0: none). A stream that has it, or anything newer, lost nothing: 0. Otherwise its
+# tail was lost (a failover promoted a replica that had not received it): the offset is
+# added and deleted at once, so last-generated-id and max-deleted-entry-id reach it (new
+# offsets stay above the lost ones, and reads after an older offset are incomplete): 1.
+_MARK_LOST = """
+local added = redis.pcall('XADD', KEYS[1], ARGV[1], 'lost', '1')
+if type(added) == 'table' and added.err then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
 
 def decode_data(kind: bytes, data: bytes) -> Any:
     """A stored payload as the Python value sessions send as ``data``, read as strictly as a
@@ -126,9 +157,10 @@ class RedisHistory:
     most ``timeout`` seconds (``settings.backend_timeout``), then raise BackendUnavailable.
     Entries a read cannot decode (written by something else, or by an older hub less
     strict) are skipped and counted in ``skipped``, never sent (docs/protocol.md §5).
+    Streams found to have lost their newest entries (a failover) are counted in ``lost_tails``.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str, size: int, ttl: float, timeout: float = 3.0) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, size: int, ttl: float, timeout: float = 3.0) -> None:
         self._redis = redis
         self._timeout = timeout
         self._prefix = prefix
@@ -136,55 +168,98 @@ class RedisHistory:
         self._ttl_ms = int(ttl * 1000)
         self._append = redis.register_script(_APPEND)
         self._read = redis.register_script(_READ)
+        self._mark_lost = redis.register_script(_MARK_LOST)
+        self._batch = batch_for(redis, timeout)
         self.skipped = 0
+        self.lost_tails = 0
 
     def stream_key(self, topic: str) -> str:
         """The Redis key of ``topic``'s stream."""
-        return f"{self._prefix}s:{topic}"
+        return f"{self._prefix}s:{{{topic}}}"
 
     def _dedup_prefix(self, topic: str) -> str:
-        return f"{self._prefix}d:{topic}:"
+        return f"{self._prefix}d:{{{topic}}}:"
 
     def _horizon(self) -> int:
         return now_ms() - self._ttl_ms if self._ttl_ms > 0 else 0
 
-    async def append_batch(self, entries: Sequence[tuple[str, str, int, bytes, bytes]]) -> list[tuple[str, bool]]:
-        """Append ``(topic, id, ts, kind, data)`` entries in one atomic script call.
+    async def append_batch(
+        self, entries: Sequence[tuple[str, str, int, bytes, bytes]], newest: Mapping[str, str] | None = None
+    ) -> list[tuple[str, bool]]:
+        """Append ``(topic, id, ts, kind, data)`` entries: one atomic script call per hash
+        slot (one for all on a single Redis), pipelined.
 
         Returns each entry's ``(offset, duplicate)`` in order; entries of one topic get
         increasing offsets in the order given. A duplicate id keeps its first offset.
-        Raises redis errors (connection lost, …): then nothing or everything was applied,
-        and the caller may retry the same batch safely (the ids make it idempotent).
+        Raises redis errors (connection lost, …): then each slot's part was applied in
+        full or not at all, and the caller may retry the same batch safely (the ids make
+        it idempotent: what was applied comes back as duplicates, with its offsets).
+
+        ``newest`` (topic → the offset this writer appended last) lets each call find a
+        lost tail of the streams it appends to (see ``mark_lost_tails``) and mark it before
+        appending; ``lost_tails`` counts the streams found so.
         """
-        keys: list[str] = []
-        args: list[str | int | bytes] = [self._size, self._horizon(), self._ttl_ms]
-        for topic, id, ts, kind, data in entries:
-            keys.append(self.stream_key(topic))
-            keys.append(self._dedup_prefix(topic) + id)
-            args += (id, ts, kind, data)
-        result = await self._append(keys=keys, args=args)
-        return [(offset.decode(), bool(dup)) for offset, dup in result]
+        head: list[str | int | bytes] = [self._size, self._horizon(), self._ttl_ms]
+        groups: dict[int, tuple[list[int], list[str], list[str | int | bytes]]] = {}
+        for n, (topic, id, ts, kind, data) in enumerate(entries):
+            stream = self.stream_key(topic)
+            positions, keys, args = groups.setdefault(slot_of(self._redis, stream), ([], [], list(head)))
+            positions.append(n)
+            keys += (stream, self._dedup_prefix(topic) + id)
+            args += (id, ts, kind, data, (newest or {}).get(topic, ZERO_OFFSET))
+        calls: list[ScriptCall] = [(self._append, keys, args) for _, keys, args in groups.values()]
+        out: list[tuple[str, bool]] = [("", False)] * len(entries)
+        for (positions, _, _), result in zip(groups.values(), await run_scripts(self._redis, calls), strict=True):
+            if result[-1]:
+                self.lost_tails += int(result[-1])
+                log.warning("Redis lost the newest history of %d topics (a failover?): marked", result[-1])
+            for n, (offset, dup) in zip(positions, result[:-1], strict=True):
+                out[n] = (offset.decode(), bool(dup))
+        return out
+
+    async def mark_lost_tails(self, newest: Mapping[str, str]) -> list[str]:
+        """Make a lost tail visible: for each ``topic → offset`` this writer appended last,
+        a stream that no longer reaches ``offset`` (Redis failed over to a replica that had
+        not received it, or restarted without it) gets it as deleted. Returns those topics.
+
+        Afterwards a read after an offset below the lost one is incomplete (``recovered:
+        false``, docs/protocol.md §5) and new offsets are issued above it, so neither a
+        client that saw part of the lost tail nor one that saw none of it is shown a
+        silent gap. Must run before the writer appends again to those topics: a new entry
+        above the lost offset would hide the loss.
+        """
+        topics = list(newest)
+        calls: list[ScriptCall] = [(self._mark_lost, [self.stream_key(t)], [newest[t], self._ttl_ms]) for t in topics]
+        results = await run_scripts(self._redis, calls) if calls else []
+        lost = [topic for topic, marked in zip(topics, results, strict=True) if marked]
+        self.lost_tails += len(lost)
+        if lost:
+            log.warning("Redis lost the newest history of %d topics (a failover?): reported as incomplete", len(lost))
+        return lost
 
     async def append(self, topic: str, id: str, ts: int, data: Any) -> tuple[str, bool]:
         encoded = json_dumps(data).encode()
         return (await self.append_batch([(topic, id, ts, JSON_KIND, encoded)]))[0]
 
     async def latest(self, topics: Sequence[str]) -> dict[str, str]:
-        async with deadline("latest offsets", self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                pipe.xrevrange(self.stream_key(topic), count=1)
-            results = await pipe.execute()
+        """Each topic's newest offset (``0-0`` for none); the reads of every connect of one loop
+        turn go to Redis in one pipeline (``RedisBatch``)."""
+        batch = self._batch
+        async with deadline("latest offsets", self._timeout):
+            reads = [batch.command("XREVRANGE", self.stream_key(topic), "+", "-", "COUNT", 1) for topic in topics]
+            results = await asyncio.gather(*reads)
         return {t: (r[0][0].decode() if r else ZERO_OFFSET) for t, r in zip(topics, results, strict=True)}
 
     async def read(self, after: Mapping[str, str]) -> dict[str, HistoryRead]:
         topics = list(after)
         horizon = self._horizon()
-        async with deadline("history read", self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
-                args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start, after[topic]]
-                await self._read(keys=[self.stream_key(topic)], args=args, client=pipe)
-            results = await pipe.execute()
+        calls: list[ScriptCall] = []
+        for topic in topics:
+            start = "-" if after[topic] == ZERO_OFFSET else "(" + after[topic]
+            args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start, after[topic]]
+            calls.append((self._read, [self.stream_key(topic)], args))
+        async with deadline("history read", self._timeout):
+            results = await run_scripts(self._redis, calls)
         reads: dict[str, HistoryRead] = {}
         now = now_ms()
         for topic, (exists, max_deleted, entries, last, is_entry) in zip(topics, results, strict=True):

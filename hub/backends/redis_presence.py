@@ -1,6 +1,6 @@
 """Presence across replicas in Redis (docs/protocol.md §6).
 
-Keys (``P`` is ``<prefix>presence:``):
+Keys (``P`` is ``<prefix>{presence}:``; the hash tag puts them all in one slot):
 
 - ``P replicas`` — sorted set: replica id → lease deadline (Redis server time, ms).
   A replica renews its lease every ``ttl / 4`` s for ``3 * ttl / 4`` s, so a replica
@@ -21,8 +21,15 @@ A user who reconnected elsewhere before the reap never goes offline (the user's 
 never became empty). Remaining gaps, stated honestly: a replica that dies between a
 script and its ``on_transition`` call loses that one event (at most once there); and
 events for one user fired by two replicas at the same moment may reach the exchange
-in either order. Keys are built inside the scripts, so this needs a single Redis (or a
-primary with replicas), not Redis Cluster.
+in either order.
+
+Redis Cluster: the scripts name users' and replicas' keys from ``P`` (a reap walks a
+replica's users), so every presence key carries the ``{presence}`` hash tag and lives in
+one slot, on one primary of the cluster. The cost, chosen over splitting the scripts
+(an add or a reap would lose its atomicity, and with it "exactly one caller sees each
+transition"): presence does not spread over the cluster's shards. Every connect and
+close is a script on that one primary (~2 small hash writes), and it holds two hash
+fields per connected socket (docs/operations.md, "Redis Cluster").
 
 Outages: every call on a connect's path (``add``, ``remove``, ``count``) takes at most
 ``timeout`` seconds and then raises BackendUnavailable — except ``remove``, which never
@@ -43,8 +50,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from hub.backends.base import BackendUnavailable, Connection
 from hub.backends.presence_scripts import (
     ADD_SCRIPT,
@@ -58,7 +63,8 @@ from hub.backends.presence_scripts import (
 from hub.backends.presence_scripts import COUNT_SCRIPT as COUNT_SCRIPT
 from hub.backends.presence_scripts import count_users as count_users
 from hub.backends.presence_scripts import presence_keys as presence_keys
-from hub.backends.redis_client import deadline
+from hub.backends.redis_batch import batch_for
+from hub.backends.redis_client import RedisClient, deadline
 
 log = logging.getLogger("hub.presence")
 
@@ -83,7 +89,7 @@ class RedisPresence:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         prefix: str,
         replica: str,
@@ -111,6 +117,7 @@ class RedisPresence:
         self._heartbeat = redis.register_script(HEARTBEAT_SCRIPT)
         self._reap = redis.register_script(REAP_SCRIPT)
         self._replicas = redis.register_script(REPLICAS_SCRIPT)
+        self._batch = batch_for(redis, timeout)  # a storm's adds and removes share pipelines
 
     def _rkey(self) -> str:
         return f"{self._base}r:{self.replica}"
@@ -150,7 +157,7 @@ class RedisPresence:
         self._local[conn.conn_id] = conn.user
         keys = [self._replicas_key, self._rkey(), self._ukey(conn.user)]
         async with self._call("presence add"):
-            live, became = await self._add(keys=keys, args=[self.replica, conn.conn_id, conn.user])
+            live, became = await self._batch.script(self._add, keys, [self.replica, conn.conn_id, conn.user])
         if became:
             await self._fire(conn.user, True)
         return int(live)
@@ -195,7 +202,7 @@ class RedisPresence:
     async def _remove_now(self, conn_id: str, user: str) -> int:
         keys = [self._replicas_key, self._rkey(), self._ukey(user)]
         async with self._call("presence remove"):
-            live, went = await self._remove(keys=keys, args=[conn_id])
+            live, went = await self._batch.script(self._remove, keys, [conn_id])
         if went:
             await self._fire(user, False)
         return int(live)

@@ -45,6 +45,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import wire
+from hub.backends.redis_client import CLUSTER_AWAY
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from hub.backends.topology import declare_ingest
 from hub.notification import now_ms
@@ -56,9 +57,19 @@ PREFETCH = 512
 RETRY_FIRST = 0.05
 RETRY_MAX = 2.0
 #: Redis errors that mean "not now" (retry the same batch in place), not "not this batch".
-REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, OSError)
+REDIS_AWAY: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    OSError,
+    *CLUSTER_AWAY,
+)
 #: Messages whose delivery count is remembered at most (the oldest are forgotten first).
 MAX_COUNTED = 10_000
+#: Topics whose newest offset is remembered to find lost history after a Redis failover
+#: (``RedisHistory.mark_lost_tails``; the least recently written are forgotten first).
+MAX_REMEMBERED = 10_000
 
 
 @dataclass(slots=True)
@@ -76,8 +87,23 @@ class SequencerStats:
 class Sequencer:
     """Consumes the ingest queue while this replica is its single active consumer."""
 
-    def __init__(self, connection: AbstractRobustConnection, history: RedisHistory, settings: Settings) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        history: RedisHistory,
+        settings: Settings,
+        *,
+        queue: str | None = None,
+        binding: tuple[str, str] | None = None,
+    ) -> None:
+        """``queue`` (default ``settings.ingest_queue``) is consumed; ``binding`` (exchange,
+        routing key; default the publishers' exchange with ``#``) is what it is bound with
+        again when the broker deleted it (a shard queue is bound to the hash exchange)."""
         self._connection = connection
+        self._queue = queue or settings.ingest_queue
+        self._binding = binding or (settings.exchange, "#")
+        self._draining = False
+        self._idle = asyncio.Event()
         self._history = history
         self._settings = settings
         self._buffer: deque[DeliveredMessage] = deque()
@@ -87,6 +113,8 @@ class Sequencer:
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
         self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._newest: OrderedDict[str, str] = OrderedDict()  # topic → offset last appended
+        self._check_lost = False  # Redis failed since: look for lost tails before appending
         self._careful = 0
         self.stats = SequencerStats()
         self.redis_error: str | None = None
@@ -101,7 +129,7 @@ class Sequencer:
         """
         self._channel = channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=PREFETCH)
-        await declare_ingest(channel, self._settings)
+        await declare_ingest(channel, self._settings, self._queue)
         await self._consume()
         channel.reopen_callbacks.add(self._reopened)
         self._task = asyncio.create_task(self._run(), name="hub-sequencer")
@@ -110,7 +138,7 @@ class Sequencer:
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._cancelled)
-        await underlay.basic_consume(self._settings.ingest_queue, self._on_message)
+        await underlay.basic_consume(self._queue, self._on_message)
 
     async def _reopened(self, channel: Any) -> None:
         await self._consume()
@@ -127,15 +155,15 @@ class Sequencer:
         delay = RETRY_FIRST
         while self._task is not None:
             try:
-                queue = await declare_ingest(self._channel, self._settings)
-                await queue.bind(self._settings.exchange, "#")
+                queue = await declare_ingest(self._channel, self._settings, self._queue)
+                await queue.bind(*self._binding)
                 await self._consume()
             except Exception as exc:  # the broker may be away too: try again
-                log.warning("could not consume %s again: %r", self._settings.ingest_queue, exc)
+                log.warning("could not consume %s again: %r", self._queue, exc)
                 await asyncio.sleep(delay)  # backoff, not synchronisation
                 delay = min(delay * 2, RETRY_MAX)
             else:
-                log.warning("consuming %s again after the broker cancelled it", self._settings.ingest_queue)
+                log.warning("consuming %s again after the broker cancelled it", self._queue)
                 break
         self._resubscribing = None
 
@@ -148,12 +176,36 @@ class Sequencer:
                     await task
         self._task = self._resubscribing = None
 
+    async def stop(self, grace: float) -> None:
+        """Hand the queue over: take no more deliveries, finish what was delivered (at most
+        ``grace`` seconds), stop, and close the channel, which gives every message still
+        unacked back to the queue (redelivered, first, to the next single active consumer).
+
+        Cancelling the consumer first would not do: RabbitMQ makes the next consumer active
+        at once, and it would sequence newer messages of a topic while this one still holds
+        older ones.
+        """
+        self._draining = True
+        if self._buffer:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        await self.close()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.reopen_callbacks.discard(self._reopened)
+            with contextlib.suppress(Exception):  # closing anyway: a broken channel is closed already
+                await channel.close()
+
     @property
     def inflight(self) -> int:
         """Messages delivered to this sequencer and not yet acknowledged (done or dead-lettered)."""
         return len(self._buffer)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
+        if self._draining:
+            return  # left unacked: the channel's close gives it back (``stop``)
         self._buffer.append(message)
         self._ready.set()
 
@@ -162,6 +214,7 @@ class Sequencer:
         buffer = self._buffer
         while True:
             while not buffer:
+                self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
             while buffer and buffer[0].channel.is_closed:
@@ -209,11 +262,21 @@ class Sequencer:
             await self._process(batch, dead)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, RedisError) as exc:
             log.warning("sequencer batch of %d not done, will try again: %r", len(batch), exc)
+            if isinstance(exc, aiormq.exceptions.DeliveryError):
+                await self._replace_channel()
         except Exception:
             log.exception("sequencer batch of %d failed; will try again", len(batch))
         else:
             return True
         return False
+
+    async def _replace_channel(self) -> None:
+        """A publish was nacked: a channel may nack every publish until it is replaced (one
+        opened while a quorum queue elected its leader). Closing its underlay makes aio-pika
+        reopen it (``_reopened`` consumes again); the batch's messages come back redelivered."""
+        assert self._channel is not None
+        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            await (await self._channel.get_underlay_channel()).close()
 
     async def _back_off(self) -> None:
         self._failures += 1
@@ -251,6 +314,7 @@ class Sequencer:
                 exchange=self._settings.live_exchange,
                 routing_key=p.topic,
                 properties=wire.LIVE_PROPERTIES,
+                wait=False,  # the confirm is awaited, not the write: a batch's frames go out together
             )
             for p, (offset, _) in zip(publishes, results, strict=True)
         ]
@@ -264,12 +328,26 @@ class Sequencer:
         self.stats.duplicates += sum(1 for _, dup in results if dup)
 
     async def _append(self, entries: list[tuple[str, str, int, bytes, bytes]]) -> list[tuple[str, bool]]:
-        """Append with retries while Redis is away (not ack, not drop); other errors fail the batch."""
+        """Append with retries while Redis is away (not ack, not drop); other errors fail the batch.
+
+        A failover can lose what the old primary had not replicated yet. Each append checks
+        its own topics against the offsets this sequencer appended last; when one lost its
+        tail, or when Redis was away, every topic appended lately is checked and marked
+        (``RedisHistory.mark_lost_tails``) before the next append: a client is then told
+        ``recovered: false`` rather than shown a gap (docs/operations.md, "Failover").
+        """
         delay = RETRY_FIRST
         while True:
             try:
-                results = await self._history.append_batch(entries)
+                if self._check_lost:
+                    await self._history.mark_lost_tails(self._newest)
+                    self._check_lost = False
+                lost_before = self._history.lost_tails
+                results = await self._history.append_batch(entries, self._newest)
+                if self._history.lost_tails > lost_before:
+                    self._check_lost = True
             except REDIS_AWAY as exc:
+                self._check_lost = True
                 self.redis_error = repr(exc)
                 self.stats.redis_retries += 1
                 if self.stats.redis_retries % 20 == 1:
@@ -278,6 +356,11 @@ class Sequencer:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             self.redis_error = None
+            for (topic, *_), (offset, _) in zip(entries, results, strict=True):
+                self._newest[topic] = offset
+                self._newest.move_to_end(topic)
+            while len(self._newest) > MAX_REMEMBERED:
+                self._newest.popitem(last=False)
             return results
 
     def _dead_letter(
@@ -287,7 +370,7 @@ class Sequencer:
         log.warning("dead-lettering a message with routing key %r: %s: %s", routing_key, kind, text[:200])
         properties = wire.dead_letter_properties(message.header, routing_key, kind, text)
         return channel.basic_publish(
-            message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties
+            message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties, wait=False
         )
 
 

@@ -10,7 +10,9 @@
   (``x-overflow: drop-head``): the newest notifications are worth the most, and
   publishers keep working while no sequencer runs. Expired and dropped messages go to
   ``hub.dead`` (``x-death`` says why). A priority queue (``x-max-priority``,
-  ``HUB_INGEST_MAX_PRIORITY``): urgent notifications leave a backlog first.
+  ``HUB_INGEST_MAX_PRIORITY``): urgent notifications leave a backlog first. With
+  ``HUB_INGEST_QUEUE_TYPE=quorum`` a quorum queue instead (``x-queue-type``), replicated
+  over a RabbitMQ cluster, without priorities.
 
 Queue arguments cannot change once a queue exists: RabbitMQ refuses the declare
 (PRECONDITION_FAILED) and closes the channel. A ``hub.ingest`` declared by an older hub
@@ -46,7 +48,7 @@ async def declare_topology(channel: AbstractChannel, settings: Settings) -> None
     await dead_queue.bind(dead, "")
     await channel.declare_exchange(settings.live_exchange, ExchangeType.TOPIC, durable=True)
     await channel.declare_exchange(settings.presence_exchange, ExchangeType.TOPIC, durable=True)
-    if settings.history_enabled:
+    if settings.history_enabled and settings.ingest_shards == 1:  # shards: hub/backends/shard_topology.py
         ingest = await declare_ingest(channel, settings)
         await ingest.bind(notifications, "#")
 
@@ -61,30 +63,36 @@ def ingest_arguments(settings: Settings) -> dict[str, Any]:
     }
     if settings.history_ttl > 0:
         arguments["x-message-ttl"] = settings.history_ttl * 1000
-    if settings.ingest_max_priority > 0:
+    if settings.ingest_queue_type == "quorum":
+        # Replicated over the cluster's nodes: survives the loss of a minority of them. No
+        # x-max-priority (settings refuse a priority with quorum: RabbitMQ 3.10 has none).
+        arguments["x-queue-type"] = "quorum"
+    elif settings.ingest_max_priority > 0:
         arguments["x-max-priority"] = settings.ingest_max_priority
     return arguments
 
 
-async def declare_ingest(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
-    """Declare ``hub.ingest`` (see the module docstring for an existing one with other arguments).
+async def declare_ingest(channel: AbstractChannel, settings: Settings, queue: str | None = None) -> AbstractQueue:
+    """Declare ``hub.ingest``, or the ingest queue ``queue`` (a shard), with ``ingest_arguments``
+    (see the module docstring for an existing one with other arguments).
 
     On a robust channel this also makes the channel restore the queue (and its
     consumers) after a reconnect, which a queue merely looked up would not get.
     """
+    name = queue or settings.ingest_queue
     arguments = ingest_arguments(settings)
-    refusal = await _refused_arguments(channel, settings.ingest_queue, arguments)
+    refusal = await _refused_arguments(channel, name, arguments)
     if refusal is None:
-        return await channel.declare_queue(settings.ingest_queue, durable=True, arguments=arguments)
-    _warn_once(settings, arguments, refusal)
-    return await channel.declare_queue(settings.ingest_queue, passive=True)
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    _warn_once(settings, name, arguments, refusal)
+    return await channel.declare_queue(name, passive=True)
 
 
-def _warn_once(settings: Settings, arguments: dict[str, Any], refusal: str) -> None:
+def _warn_once(settings: Settings, name: str, arguments: dict[str, Any], refusal: str) -> None:
     """One line saying the queue is used as it is, and the policy that bounds it anyway."""
-    if settings.ingest_queue in _warned:
+    if name in _warned:
         return
-    _warned.add(settings.ingest_queue)
+    _warned.add(name)
     policy = {"max-length": settings.ingest_max_length, "overflow": "drop-head"}
     if "x-message-ttl" in arguments:
         policy["message-ttl"] = arguments["x-message-ttl"]
@@ -92,9 +100,9 @@ def _warn_once(settings: Settings, arguments: dict[str, Any], refusal: str) -> N
         "%s exists with other arguments than this hub's (%s); using it as it is. To bound it "
         "without downtime: rabbitmqctl set_policy hub-ingest '^%s$' '%s' --apply-to queues "
         "(docs/protocol.md §5)",
-        settings.ingest_queue,
+        name,
         refusal,
-        re.escape(settings.ingest_queue),
+        re.escape(name),
         json.dumps(policy, separators=(",", ":")),
     )
 

@@ -48,4 +48,53 @@ describe('demo page served by the hub at /demo/', { skip }, () => {
       await page.screenshot({ path: shot, fullPage: true });
     }
   });
+
+  it('two pages of one user: marking read in one updates the badge and the list in the other', async () => {
+    const user = `reader${Date.now() % 100000}`;
+    const open = async () => {
+      const page = await browser.newPage({ viewport: { width: 1200, height: 820 } });
+      const problems = new PageProblems();
+      problems.watch(page);
+      await page.goto(`${hub.http}/demo/?user=${user}&connect=1`);
+      await page.waitForSelector('#state[data-state="connected"]', { timeout: 15_000 });
+      return { page, problems };
+    };
+    const laptop = await open();
+    const phone = await open();
+    const messages = ['Invoice #77 is due', 'Anna mentioned you', 'Build 1.4.2 passed'];
+    for (const [i, text] of messages.entries()) {
+      await laptop.page.fill('#message', text);
+      await laptop.page.click('#publish');
+      for (const { page } of [laptop, phone]) {
+        await page.waitForFunction((n) => document.querySelectorAll('#feed li').length >= n, i + 1, { timeout: 10_000 });
+      }
+    }
+    const badge = (page: typeof laptop.page, n: number) =>
+      page.waitForFunction((want) => document.getElementById('unread')!.textContent === String(want), n, { timeout: 10_000 });
+    await badge(phone.page, 3);
+    await badge(laptop.page, 3);
+    // Read the middle one on the laptop: the phone's badge drops to 2 and its item turns read.
+    await laptop.page.click('#feed li:nth-child(2) .mark');
+    await badge(phone.page, 2);
+    const phoneClasses = await phone.page.$$eval('#feed li', (els) => els.map((e) => e.className));
+    assert.deepEqual(phoneClasses, ['unread', 'read', 'unread'], 'newest first; the middle one read');
+    await badge(laptop.page, 2);
+    // "Mark all read" on the phone clears the laptop's badge.
+    await phone.page.click('#mark-all');
+    await badge(laptop.page, 0);
+    const laptopClasses = await laptop.page.$$eval('#feed li', (els) => els.map((e) => e.className));
+    assert.deepEqual(laptopClasses, ['read', 'read', 'read']);
+    // One more arrives: unread again on both.
+    await laptop.page.fill('#message', 'Your ride is here');
+    await laptop.page.click('#publish');
+    await badge(phone.page, 1);
+    await badge(laptop.page, 1);
+    laptop.problems.assertClean();
+    phone.problems.assertClean();
+    const shot = process.env['E2E_READS_SCREENSHOT'];
+    if (shot) {
+      await phone.page.waitForFunction(() => document.getAnimations().every((a) => a.playState !== 'running'), undefined, { timeout: 5000 });
+      await phone.page.screenshot({ path: shot, fullPage: true });
+    }
+  });
 });

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -46,6 +46,9 @@ class BlockingPublisher:
         redis_prefix: str = DEFAULT_PREFIX,
         ssl_context: ssl.SSLContext | None = None,
         redis_tls: Mapping[str, Any] | None = None,
+        mandatory: bool = True,
+        hub_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._timeout = timeout
         self._publisher = Publisher(
@@ -57,6 +60,9 @@ class BlockingPublisher:
             redis_prefix=redis_prefix,
             ssl_context=ssl_context,
             redis_tls=redis_tls,
+            mandatory=mandatory,
+            hub_url=hub_url,
+            api_key=api_key,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="hubnotify-publisher", daemon=True)
@@ -112,6 +118,22 @@ class BlockingPublisher:
     def is_online(self, user: str | int) -> bool:
         """See ``Publisher.is_online``."""
         return self._call(self._publisher.is_online(user))
+
+    def unread(self, users: Iterable[str | int], topics: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+        """See ``Publisher.unread``."""
+        return self._call(self._publisher.unread(list(users), topics))
+
+    def notifications(
+        self, user: str | int, *, topic: str | None = None, before: str | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        """See ``Publisher.notifications``."""
+        return self._call(self._publisher.notifications(user, topic=topic, before=before, limit=limit))
+
+    def mark_read(
+        self, user: str | int, *, topic: str | None = None, up_to: str | None = None, offsets: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """See ``Publisher.mark_read``."""
+        return self._call(self._publisher.mark_read(user, topic=topic, up_to=up_to, offsets=offsets))
 
     def close(self) -> None:
         """Close the connection and stop the thread; idempotent."""

@@ -13,9 +13,10 @@ Nothing here reads the environment: pass the hub's ``HUB_REDIS_URL`` and
 ``HUB_REDIS_PREFIX`` (the prefix defaults to the hub's default). User ids may be
 integers (``42`` → ``"42"``); results are keyed by the id as text.
 
-The key layout is the hub's (``hub.backends.redis_presence``): ``<prefix>presence:``
-then ``replicas`` (a sorted set, lease deadline in ms per replica) and ``u:<user>``
-(a hash, connection → replica). ``COUNT_SCRIPT`` is the one script that counts; the
+The key layout is the hub's (``hub.backends.redis_presence``): ``<prefix>{presence}:``
+(one hash slot for all of presence, so its scripts run on a Redis Cluster too) then
+``replicas`` (a sorted set, lease deadline in ms per replica) and ``u:<user>`` (a hash,
+connection → replica). ``COUNT_SCRIPT`` is the one script that counts; the
 hub's presence backend runs the same text.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote, urlsplit
 
 from hubnotify.topics import as_user_id
 
@@ -70,9 +72,37 @@ def import_redis() -> ModuleType:
     return redis
 
 
+def redis_client(
+    url: str, *, timeout: float | None, tls: Mapping[str, Any] | None = None, asynchronous: bool = False
+) -> Any:
+    """A redis-py client (``redis.asyncio``'s with ``asynchronous``) for the hub's ``HUB_REDIS_URL``:
+    a ``RedisCluster`` for ``redis+cluster://[user:password@]host:port,host:port``, else
+    ``Redis.from_url``. ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL."""
+    redis = import_redis()
+    module = redis.asyncio if asynchronous else redis
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **(tls or {})}
+    parts = urlsplit(url)
+    if parts.scheme != "redis+cluster":
+        return module.Redis.from_url(url, **options)
+    nodes = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.strip().rpartition(":")
+        nodes.append(module.cluster.ClusterNode(host.strip("[]"), int(port)))
+    return module.RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        **options,
+    )
+
+
 def presence_keys(prefix: str) -> tuple[str, str]:
-    """The key prefix ``P`` of presence and its replicas sorted set, for ``prefix``."""
-    base = f"{prefix}presence:"
+    """The key prefix ``P`` of presence and its replicas sorted set, for ``prefix``.
+
+    ``{presence}`` is a hash tag: every presence key is in one slot of a Redis Cluster,
+    where the scripts, which name users' and replicas' keys from ``P``, can reach them all.
+    """
+    base = f"{prefix}{{presence}}:"
     return base, base + "replicas"
 
 
@@ -81,7 +111,9 @@ def checked_users(users: Iterable[str | int]) -> list[str]:
     return [as_user_id(user) for user in users]
 
 
-async def count_users(client: aioredis.Redis, prefix: str, users: Iterable[str | int]) -> dict[str, int]:
+async def count_users(
+    client: aioredis.Redis | aioredis.RedisCluster, prefix: str, users: Iterable[str | int]
+) -> dict[str, int]:
     """Live connections of each user across every replica, read straight from Redis.
 
     Usable without a running hub: a connection counts only while its replica's lease is
@@ -115,7 +147,7 @@ def connections_many(
     tls: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
     """Blocking: each user → live connections, read from the Redis at ``url`` (``tls``:
-    redis-py's ``ssl_*`` options for a ``rediss://`` URL).
+    redis-py's ``ssl_*`` options for a ``rediss://`` URL; ``redis+cluster://`` for a cluster).
 
     Raises InvalidTopic for an invalid user id, a ``redis.exceptions.RedisError`` when
     Redis refuses or takes more than ``timeout`` seconds to connect or answer.
@@ -124,8 +156,7 @@ def connections_many(
     if not checked:
         return {}
     base, replicas = presence_keys(prefix)
-    redis = import_redis()
-    with redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, **(tls or {})) as client:
+    with redis_client(url, timeout=timeout, tls=tls) as client:
         counts = client.eval(COUNT_SCRIPT, 1, replicas, base, *checked)
     return {user: int(c) for user, c in zip(checked, counts, strict=True)}
 

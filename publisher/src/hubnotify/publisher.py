@@ -12,7 +12,8 @@ code (Django, Flask, scripts).
 on a fresh RabbitMQ succeeds. A notification only goes somewhere once a hub has started
 on that RabbitMQ (virtual host) at least once: the hub binds its ingest queue then, and
 that durable queue keeps what is published while no hub runs. Before that, RabbitMQ
-confirms and drops it (docs/protocol.md §4).
+returns it (``mandatory``) and the helper raises ``Unroutable`` once ``timeout`` passed
+(docs/protocol.md §4).
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from hubnotify.confirm import ConfirmingExchange
+from hubnotify.failover import connect_failover
 from hubnotify.message import EXCHANGE, build_message, declare_exchange
-from hubnotify.presence import DEFAULT_PREFIX, import_redis, online_many_async
+from hubnotify.presence import DEFAULT_PREFIX, online_many_async, redis_client
+from hubnotify.reads import HubReads
 from hubnotify.topics import InvalidTopic, as_user_id, user_topic, validate_topic
 
 #: Seconds ``connect`` and each publish (until confirmed) may take by default.
@@ -61,6 +64,15 @@ class Publisher:
     down. After a timeout or a connection error the message may or may not have been
     taken: publish it again with the same ``message_id``, the hub de-duplicates.
 
+    Within ``timeout`` a message is published again by the helper itself (same
+    ``message_id``) when RabbitMQ nacks it or the connection drops, and, with
+    ``mandatory`` (the default), when RabbitMQ returns it because no queue took it (the
+    ingest queue's node is down); still returned at the deadline: ``hubnotify.confirm.Unroutable``.
+    ``mandatory=False`` for a hub with ``HUB_HISTORY_SIZE=0``, whose sockets bind on the
+    exchange themselves (a notification for nobody is returned). ``url`` may list a
+    RabbitMQ cluster's nodes, comma-separated: the helper fails over between them
+    (``hubnotify.failover``).
+
     User ids may be integers (``42`` publishes to ``user.42``). ``redis_url`` (the hub's
     ``HUB_REDIS_URL``) enables ``is_online`` / ``online_many``, which need the
     ``presence`` extra (redis-py).
@@ -77,8 +89,14 @@ class Publisher:
         redis_prefix: str = DEFAULT_PREFIX,
         ssl_context: ssl.SSLContext | None = None,
         redis_tls: Mapping[str, Any] | None = None,
+        mandatory: bool = True,
+        hub_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._url = url
+        self._mandatory = mandatory
+        # read state over the hub's HTTP API (hubnotify.reads): its base URL and HUB_API_KEY
+        self._reads = HubReads(hub_url, api_key=api_key or "", timeout=timeout or 30.0) if hub_url else None
         # amqps://: whom to trust and who we are (default: the system's CAs, no client certificate)
         self._ssl_context = ssl_context
         self._redis_tls = dict(redis_tls or {})  # redis-py's ssl_* options for a rediss:// redis_url
@@ -88,7 +106,7 @@ class Publisher:
         self._redis_url, self._redis_prefix = redis_url, redis_prefix  # for is_online / online_many
         self._redis: Any = None
         self._connection: AbstractRobustConnection | None = None
-        self._exchange: AbstractExchange | None = None
+        self._exchange: ConfirmingExchange | None = None
         self._connecting = asyncio.Lock()
 
     @classmethod
@@ -111,12 +129,14 @@ class Publisher:
             if self._connection is not None:
                 return
             deadline = None if self._timeout is None else asyncio.get_running_loop().time() + self._timeout
-            # aio-pika's own connect timeout, not a cancellation: a cancelled connect_robust
-            # schedules a reconnection of the connection it was making.
-            connection = await aio_pika.connect_robust(self._url, timeout=self._timeout, ssl_context=self._ssl_context)
+            # aio-pika's own connect timeout, not a cancellation: a cancelled connect
+            # schedules a reconnection of the connection it was making. Several
+            # comma-separated URLs: the first node that answers, another when it dies.
+            connection = await connect_failover(self._url, attempt_timeout=self._timeout, ssl_context=self._ssl_context)
+            exchange = ConfirmingExchange(lambda: _open_exchange(connection, self._exchange_name))
             try:
                 async with asyncio.timeout_at(deadline):
-                    exchange = await _open_exchange(connection, self._exchange_name)
+                    await exchange.start()
             except BaseException:
                 await _close_quietly(connection)
                 raise
@@ -175,7 +195,7 @@ class Publisher:
         message, id = build_message(
             data, message_id=message_id, ttl=ttl, priority=priority, persistent=self._persistent
         )
-        await self._ready().publish(message, routing_key=routing_key, mandatory=False, timeout=self._timeout)
+        await self._ready().publish(message, routing_key, mandatory=self._mandatory, seconds=self._timeout)
         return id
 
     async def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -199,7 +219,10 @@ class Publisher:
         exchange = self._ready()
         async with asyncio.timeout(self._timeout):
             await asyncio.gather(
-                *(exchange.publish(message, routing_key=topic, mandatory=False) for topic, message, _ in prepared)
+                *(
+                    exchange.publish(message, topic, mandatory=self._mandatory, seconds=self._timeout)
+                    for topic, message, _ in prepared
+                )
             )
         return [id for _, _, id in prepared]
 
@@ -213,16 +236,41 @@ class Publisher:
         if self._redis is None:
             if self._redis_url is None:
                 raise ValueError("expected Publisher(..., redis_url=HUB_REDIS_URL) for presence queries")
-            self._redis = import_redis().asyncio.Redis.from_url(
-                self._redis_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, **self._redis_tls
-            )
+            self._redis = redis_client(self._redis_url, timeout=self._timeout, tls=self._redis_tls, asynchronous=True)
         return await online_many_async(self._redis, self._redis_prefix, users)
 
     async def is_online(self, user: str | int) -> bool:
         """Whether ``user`` has a live connection on any replica; see ``online_many``."""
         return (await self.online_many([user]))[as_user_id(user)]
 
-    def _ready(self) -> AbstractExchange:
+    # Read state (docs/protocol.md §9): the hub's HTTP API, in a worker thread.
+
+    async def unread(
+        self, users: Iterable[str | int], topics: Sequence[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """See ``hubnotify.reads.HubReads.unread``; needs ``hub_url`` and ``api_key``."""
+        return await asyncio.to_thread(self._hub_reads().unread, list(users), topics)
+
+    async def notifications(
+        self, user: str | int, *, topic: str | None = None, before: str | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        """See ``hubnotify.reads.HubReads.notifications``."""
+        reads = self._hub_reads()
+        return await asyncio.to_thread(lambda: reads.notifications(user, topic=topic, before=before, limit=limit))
+
+    async def mark_read(
+        self, user: str | int, *, topic: str | None = None, up_to: str | None = None, offsets: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """See ``hubnotify.reads.HubReads.mark_read``."""
+        reads = self._hub_reads()
+        return await asyncio.to_thread(lambda: reads.mark_read(user, topic=topic, up_to=up_to, offsets=offsets))
+
+    def _hub_reads(self) -> HubReads:
+        if self._reads is None:
+            raise RuntimeError("read state needs the hub's HTTP API: pass hub_url= and api_key=")
+        return self._reads
+
+    def _ready(self) -> ConfirmingExchange:
         if self._exchange is None:
             raise RuntimeError("expected 'await publisher.connect()' (or 'async with') before publishing")
         return self._exchange
@@ -230,7 +278,7 @@ class Publisher:
 
 async def _open_exchange(connection: AbstractRobustConnection, name: str) -> AbstractExchange:
     """A confirming channel's handle on the exchange ``name``, declared when the user may."""
-    channel = await connection.channel(publisher_confirms=True)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
         return await declare_exchange(channel, name)
     except aiormq.exceptions.ChannelAccessRefused:
@@ -238,7 +286,7 @@ async def _open_exchange(connection: AbstractRobustConnection, name: str) -> Abs
         # channel; a passive declare on a new one needs no permission and finds the hub's.
         with contextlib.suppress(Exception):
             await channel.close()
-    channel = await connection.channel(publisher_confirms=True)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     return await channel.get_exchange(name)
 
 
@@ -264,6 +312,9 @@ def keywords(settings: PublisherSettings) -> dict[str, Any]:
         "timeout": settings.backend_timeout,
         "ssl_context": amqp_ssl_context(settings),
         "redis_tls": redis_tls_options(settings),
+        # With history off, sockets bind on the exchange themselves: a notification for
+        # nobody is returned, and that is not a reason to publish it again.
+        "mandatory": bool(getattr(settings, "history_enabled", True)),
     }
 
 

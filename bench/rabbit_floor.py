@@ -1,0 +1,112 @@
+"""RabbitMQ's own ceiling for a socket's queue: declare + bind + consume of one exclusive queue.
+
+``python -m bench.rabbit_floor [--private] [--n 2000]`` sets up ``n`` queues from one aiormq
+client in each of these ways and reports set-ups/s and the broker's CPU µs per set-up
+(what the hub can at best reach per connect on this machine, RabbitMQ side):
+
+- ``serial``: declare, bind, consume, each waiting for its reply (3 round trips);
+- ``pipelined``: declare and bind with ``nowait``, the consume's reply settles all three
+  (1 round trip, the hub's way), one set-up at a time;
+- ``concurrent-C``: pipelined set-ups, ``C`` in flight over 8 channels (a connect storm);
+- ``plain-...``: the same without the hub's queue arguments (max-length, drop-head,
+  dead-letter, expiry), to show what they cost.
+
+The queues are deleted (connection closed) between modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiormq
+
+from bench import services
+from bench.private import private
+from bench.procstat import cpu_seconds
+
+EXCHANGE = "notifications.live"
+HUB_ARGUMENTS = {
+    "x-max-length": 1000,
+    "x-overflow": "drop-head",
+    "x-dead-letter-exchange": "",
+    "x-dead-letter-routing-key": "hub.overflow.floor",
+    "x-expires": 60_000,
+}
+
+
+async def _noop(message: Any) -> None:
+    return None
+
+
+async def _setup(channel: aiormq.abc.AbstractChannel, args: dict[str, Any], pipelined: bool) -> None:
+    queue = f"floor.{uuid.uuid4().hex}"
+    await channel.queue_declare(queue, exclusive=True, auto_delete=True, arguments=args, nowait=pipelined)
+    await channel.queue_bind(queue, EXCHANGE, routing_key=f"user.{queue[-8:]}", nowait=pipelined)
+    await channel.basic_consume(queue, _noop, consumer_tag=queue)
+
+
+async def _mode(url: str, n: int, args: dict[str, Any], pipelined: bool, concurrency: int) -> dict[str, float]:
+    connection = await aiormq.connect(url)
+    try:
+        channels = [await connection.channel() for _ in range(8 if concurrency > 1 else 1)]
+        await channels[0].exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await _setup(channels[i % len(channels)], args, pipelined)
+
+        cpu0, t0 = _cpu(), time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    finally:
+        await connection.close()
+    return {"per_s": round(n / wall), "rabbit_cpu_us": round(cpu / n * 1e6), "wall_s": round(wall, 2)}
+
+
+def _cpu() -> float:
+    total = 0.0
+    for pid in services.rabbit_pids():
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+async def _run(url: str, n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, args in (("", HUB_ARGUMENTS), ("plain-", {})):
+        out[f"{label}serial"] = await _mode(url, n, args, pipelined=False, concurrency=1)
+        out[f"{label}pipelined"] = await _mode(url, n, args, pipelined=True, concurrency=1)
+        for c in (8, 64):
+            out[f"{label}concurrent-{c}"] = await _mode(url, n, args, pipelined=True, concurrency=c)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.rabbit_floor", description=__doc__)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--private", action="store_true", help="on a private RabbitMQ node (bench.private)")
+    args = p.parse_args(argv)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with private() if args.private else contextlib.nullcontext():
+        vhost = f"bench-floor-{os.getpid()}"
+        url = services.create_vhost(vhost)
+        try:
+            result = asyncio.run(_run(url, args.n))
+        finally:
+            services.delete_vhost(vhost)
+    after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(json.dumps({"n": args.n, "load_before": load, "load_after": after, "modes": result}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The edges of running on a RabbitMQ cluster (issue 13), each on real brokers.
+
+- no RabbitMQ node reachable at all: open sockets are closed with 1013 after
+  ``HUB_BROKER_OUTAGE_CLOSE`` seconds, not left silent (a TCP proxy the test cuts);
+- ``HUB_AMQP_URL`` with several nodes: the first that answers is used, a dead one skipped;
+- ``HUB_INGEST_QUEUE_TYPE=quorum`` with priorities is refused at start-up with one line.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aio_pika
+import aiormq
+import pytest
+
+from hub.settings import ConfigError, Settings
+from hubnotify import Publisher
+from testkit.net import free_port
+from tests.distributed_env import environment
+from tests.harness import run_hub, wait_for
+from tests.tcp_proxy import proxied, via
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+async def test_sockets_close_with_1013_while_no_broker_answers() -> None:
+    async with (
+        environment() as env,
+        proxied(env["HUB_AMQP_URL"]) as proxy,
+        run_hub(
+            "distributed",
+            env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port), "HUB_BROKER_OUTAGE_CLOSE": "2"},
+            backend_timeout=1.0,
+        ) as hub,
+    ):
+        backend: Any = hub.node.backend
+        client = await hub.connect("outage1")
+        proxy.cut()
+        cut = time.monotonic()
+        closed = await client.closed(timeout=30)
+        took = time.monotonic() - cut
+        assert closed.code == 1013, closed
+        assert backend.broker.outage_closes == 1
+        print(f"\nno broker: the socket was closed with 1013 after {took:.2f} s (HUB_BROKER_OUTAGE_CLOSE=2)")
+        proxy.restore()
+        await wait_for(lambda: backend.broker._up.is_set(), timeout=30, what="the hub to reconnect")
+        again = await hub.connect("outage1")
+        await hub.publish("outage1", "back")
+        frame = await again.recv(timeout=30)
+        assert (frame["type"], frame["data"]) == ("notification", "back"), frame
+        await again.close()
+
+
+async def test_a_short_outage_keeps_the_sockets() -> None:
+    """Within ``HUB_BROKER_OUTAGE_CLOSE`` the socket stays and is restored (no 1013)."""
+    async with (
+        environment() as env,
+        proxied(env["HUB_AMQP_URL"]) as proxy,
+        run_hub(
+            "distributed",
+            env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port), "HUB_BROKER_OUTAGE_CLOSE": "30"},
+            backend_timeout=1.0,
+        ) as hub,
+    ):
+        backend: Any = hub.node.backend
+        client = await hub.connect("outage2")
+        proxy.cut()
+        await wait_for(lambda: not backend.broker._up.is_set(), what="the hub to see the drop")
+        proxy.restore()
+        await wait_for(lambda: backend.broker._up.is_set(), timeout=30, what="the hub to reconnect")
+        await hub.publish("outage2", "after")
+        frame = await client.recv(timeout=30)
+        assert (frame["type"], frame["data"]) == ("notification", "after"), frame
+        assert backend.broker.outage_closes == 0
+        await client.close()
+
+
+async def test_a_locked_queue_after_a_reconnect_closes_the_sockets_1013() -> None:
+    """RESOURCE_LOCKED on the way back (on a cluster: a survivor still holds the dead node's
+    exclusive queue): the restore is retried, the sockets are closed with 1013 once
+    ``HUB_BROKER_OUTAGE_CLOSE`` passed, never left silent; once the lock goes, the hub serves."""
+    async with (
+        environment() as env,
+        proxied(env["HUB_AMQP_URL"]) as proxy,
+        run_hub(
+            "distributed",
+            env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port), "HUB_BROKER_OUTAGE_CLOSE": "3"},
+            backend_timeout=1.0,
+        ) as hub,
+    ):
+        backend: Any = hub.node.backend
+        client = await hub.connect("locked1")
+        proxy.cut()
+        await wait_for(lambda: not backend.broker._up.is_set(), what="the hub to see the drop")
+        holder = await aio_pika.connect(env["HUB_AMQP_URL"])
+        try:
+            channel = await holder.channel()
+
+            async def taken() -> bool:  # the broker drops the hub's exclusive queue with its connection
+                nonlocal channel
+                try:
+                    await channel.declare_queue(backend.broker.overflow_queue, exclusive=True, auto_delete=True)
+                except aiormq.exceptions.ChannelLockedResource:
+                    channel = await holder.channel()  # the refusal closed the channel
+                    return False
+                return True
+
+            await wait_for(taken, what="the hub's exclusive queue to be free")
+            proxy.restore()
+            closed = await client.closed(timeout=30)
+            assert closed.code == 1013, closed
+            assert backend.broker.outage_closes == 1
+            assert not backend.broker._up.is_set()  # still refused (RESOURCE_LOCKED) while we hold it
+        finally:
+            await holder.close()
+        await wait_for(lambda: backend.broker._up.is_set(), timeout=30, what="the hub to reconnect")
+        again = await hub.connect("locked1")
+        await hub.publish("locked1", "unlocked")
+        frame = await again.recv(timeout=30)
+        assert frame["data"] == "unlocked", frame
+        await again.close()
+
+
+async def test_a_dead_node_first_in_the_list_is_skipped() -> None:
+    """The hub and the publish helper connect to the first node that answers."""
+    async with environment() as env:
+        dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+        urls = f"{dead},{env['HUB_AMQP_URL']}"
+        async with run_hub("distributed", env={**env, "HUB_AMQP_URL": urls}, backend_timeout=1.0) as hub:
+            client = await hub.connect("first1")
+            async with Publisher(urls, exchange=env["HUB_EXCHANGE"], timeout=5) as publisher:
+                await publisher.publish("first1", "via the second node")
+            frame = await client.recv(timeout=30)
+            assert frame["data"] == "via the second node", frame
+            await client.close()
+
+
+async def test_a_classic_ingest_keeps_working_under_a_quorum_configuration() -> None:
+    """An existing classic ``hub.ingest``: a replica configured for quorum uses it as it is."""
+    async with environment() as env:
+        async with run_hub("distributed", env=env):
+            pass  # the classic queue, as an existing deployment has it
+        quorum = {**env, "HUB_INGEST_QUEUE_TYPE": "quorum", "HUB_INGEST_MAX_PRIORITY": "0"}
+        async with run_hub("distributed", env=quorum) as hub:
+            client = await hub.connect("mig1")
+            await hub.publish("mig1", "still sequenced")
+            frame = await client.recv(timeout=30)
+            assert (frame["data"], frame["offset"] is not None) == ("still sequenced", True), frame
+            await client.close()
+
+
+def test_quorum_ingest_with_priorities_is_refused() -> None:
+    with pytest.raises(ConfigError, match="HUB_INGEST_MAX_PRIORITY=0"):
+        Settings.from_env({"HUB_INGEST_QUEUE_TYPE": "quorum"})
+    with pytest.raises(ConfigError, match="HUB_INGEST_QUEUE_TYPE"):
+        Settings.from_env({"HUB_INGEST_QUEUE_TYPE": "stream"})
+    settings = Settings.from_env({"HUB_INGEST_QUEUE_TYPE": "quorum", "HUB_INGEST_MAX_PRIORITY": "0"})
+    assert settings.ingest_queue_type == "quorum"
