@@ -319,3 +319,22 @@ def test_event_ids_and_handles_round_trip() -> None:
     assert split_handle(handle) == ("abc123", "host:8080")
     for bad in ("", "abc", "abc.", ".eA", "abc.%%%", "x." + "A" * 500):
         assert split_handle(bad) is None
+
+
+async def test_read_frames_go_by_post_and_reach_the_users_other_streams(history_hub: RunningHub) -> None:
+    """The POST seam is generic: ``read`` (§9) over SSE, answered on every stream of the user."""
+    hub = history_hub
+    async with open_stream(hub.http, hub.token("42")) as phone, open_stream(hub.http, hub.token("42")) as laptop:
+        await phone.frame()
+        await laptop.frame()
+        for n in range(2):
+            await hub.publish("42", {"n": n})
+        first, _ = await laptop.notifications(2)
+        await phone.notifications(2)
+        answer = await laptop.post(hub.http, {"type": "read", "topic": "user.42", "up_to": first["offset"]})
+        assert answer.status_code == 202
+        for stream in (laptop, phone):
+            frame = await stream.frame()
+            assert frame["type"] == "read", frame
+            assert frame["up_to"] == first["offset"]
+            assert frame["unread"] == 1
