@@ -78,8 +78,8 @@ class Relay:
         """Listen for frames other replicas route here (distributed only); idempotent."""
         if self._redis is not None and self._listener is None:
             self._listener = asyncio.get_running_loop().create_task(self._listen(self._redis))
-            try:
-                async with asyncio.timeout(self._timeout * 5):
+            try:  # a short wait, never the replica's start-up: the listener keeps trying by itself
+                async with asyncio.timeout(min(self._timeout, 1.0)):
                     await self._listening.wait()
             except TimeoutError:
                 log.warning("the SSE relay is not subscribed yet: POSTs to this replica's streams may get 404")
@@ -114,10 +114,11 @@ class Relay:
             while True:
                 try:
                     if not pubsub.subscribed:
+                        await redis.ping()  # a Redis Cluster client learns its slots on a first command
                         await pubsub.subscribe(self._channel + self.replica)
                         self._listening.set()
                     message = await pubsub.get_message(timeout=1.0)
-                except (RedisError, OSError) as exc:
+                except (RedisError, OSError, KeyError) as exc:  # KeyError: a cluster client's stale slot map
                     log.warning("SSE relay: Redis did not answer (%r); retrying in 1 s", exc)
                     await asyncio.sleep(1.0)  # a retry delay, not synchronisation
                     continue
