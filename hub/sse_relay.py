@@ -19,6 +19,7 @@ import logging
 import re
 from typing import Protocol
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from hub.backends.redis_client import RedisClient, deadline
@@ -114,7 +115,9 @@ class Relay:
             while True:
                 try:
                     if not pubsub.subscribed:
-                        await redis.ping()  # a Redis Cluster client learns its slots on a first command
+                        if isinstance(redis, RedisCluster):
+                            # its pub/sub picks a node from the slot table, loaded by a first command
+                            await redis.initialize()
                         await pubsub.subscribe(self._channel + self.replica)
                         self._listening.set()
                     message = await pubsub.get_message(timeout=1.0)
