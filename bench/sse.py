@@ -1,4 +1,4 @@
-"""SSE against WebSocket: memory per connection and delivery latency (docs/protocol.md §9).
+"""SSE against WebSocket: memory per connection and delivery latency (docs/protocol.md §10).
 
 ``python -m bench.sse [--connections 1000] [--notifications 300]`` starts one embedded
 ``hub serve`` per transport (a fresh process each, so the figures do not mix), opens

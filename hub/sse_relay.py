@@ -16,6 +16,7 @@ import base64
 import binascii
 import enum
 import logging
+import re
 from typing import Protocol
 
 from redis.asyncio.cluster import RedisCluster
@@ -25,6 +26,8 @@ from hub.backends.redis_client import RedisClient, deadline
 from hub.payload import BadPayload, dumps_json, loads_json
 
 log = logging.getLogger("hub.sse_relay")
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Inbox(Protocol):
@@ -51,13 +54,13 @@ def make_handle(conn_id: str, replica: str) -> str:
 def split_handle(handle: str) -> tuple[str, str] | None:
     """``(conn_id, replica)`` of a handle, or None when it is not one."""
     conn_id, _, encoded = handle.partition(".")
-    if not conn_id or not encoded or len(handle) > 400:
+    if not conn_id.isalnum() or not _BASE64URL.fullmatch(encoded) or len(handle) > 400:
         return None
     try:
         replica = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    return conn_id, replica
+    return (conn_id, replica) if replica else None
 
 
 class Relay:
@@ -76,8 +79,8 @@ class Relay:
         """Listen for frames other replicas route here (distributed only); idempotent."""
         if self._redis is not None and self._listener is None:
             self._listener = asyncio.get_running_loop().create_task(self._listen(self._redis))
-            try:
-                async with asyncio.timeout(self._timeout * 5):
+            try:  # a short wait, never the replica's start-up: the listener keeps trying by itself
+                async with asyncio.timeout(min(self._timeout, 1.0)):
                     await self._listening.wait()
             except TimeoutError:
                 log.warning("the SSE relay is not subscribed yet: POSTs to this replica's streams may get 404")
@@ -118,7 +121,7 @@ class Relay:
                         await pubsub.subscribe(self._channel + self.replica)
                         self._listening.set()
                     message = await pubsub.get_message(timeout=1.0)
-                except (RedisError, OSError) as exc:
+                except (RedisError, OSError, KeyError) as exc:  # KeyError: a cluster client's stale slot map
                     log.warning("SSE relay: Redis did not answer (%r); retrying in 1 s", exc)
                     await asyncio.sleep(1.0)  # a retry delay, not synchronisation
                     continue

@@ -27,14 +27,14 @@ from hub.backends import redis_client
 from hub.backends.base import BackendUnavailable
 from hub.backends.redis_client import RedisClient
 from hub.host import Host
-from hub.http_api import HttpError, guarded, read_body
+from hub.http_api import Handler, HttpError, guarded, read_body
 from hub.protocol import JSON
 from hub.session import Session
 from hub.sse import SseTransport, parse_event_id
 from hub.sse_relay import Relay, Routed, make_handle, split_handle
 from hub.tickets import MemoryTickets, RedisTickets, TicketError, Tickets, TicketStore
 from hub.tls import redis_ssl_options
-from hub.transport import Receive, Scope, Send
+from hub.transport import Message, Receive, Scope, Send
 
 _CORS_ALLOW: Final = [
     ("access-control-allow-methods", "GET, POST, OPTIONS"),
@@ -122,7 +122,7 @@ class SseGateway:
             connect["since"] = since
         transports: list[SseTransport] = []
 
-        def channel(send_timeout: float, on_lost: Any) -> SseTransport:
+        def channel(send_timeout: float, on_lost: Callable[[], None]) -> SseTransport:
             transport = SseTransport(
                 receive,
                 _with_headers(send, cors),
@@ -201,7 +201,7 @@ class SseGateway:
             return None
         return [("access-control-allow-origin", origin), ("vary", "origin")]
 
-    def _cors(self, handler: Any) -> Any:
+    def _cors(self, handler: Handler) -> Handler:
         async def route(request: Request) -> Response:
             cors = self._cors_headers(request.headers.get("origin", ""))
             if cors is None:
@@ -231,7 +231,7 @@ def _with_headers(send: Send, extra: list[tuple[str, str]]) -> Send:
         return send
     encoded = [(k.encode(), v.encode()) for k, v in extra]
 
-    async def sender(message: Any) -> None:
+    async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message.get("headers", []), *encoded]}
         await send(message)

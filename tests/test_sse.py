@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from hub.sse import event_id, parse_event_id
+from hub.sse_relay import make_handle, split_handle
 from tests.distributed_env import environment
 from tests.harness import RunningHub, make_token, run_hub, wait_for
 from tests.sse_client import Stream, open_stream, ticket
@@ -284,3 +286,55 @@ async def test_a_stream_that_stops_reading_is_dropped_within_the_send_timeout() 
         await wait_for(dropped, what="the stuck stream to be dropped")
         assert not hub.node.sessions
         writer.close()
+
+
+async def test_last_event_id_query_for_eventsource(history_hub: RunningHub) -> None:
+    """An ``EventSource`` cannot set headers on a new stream: ``?last_event_id=`` does the same."""
+    hub = history_hub
+    async with open_stream(hub.http, hub.token("42")) as stream:
+        await stream.frame()
+        await hub.publish("42", {"n": 3})
+        [frame] = await stream.notifications(1)
+    since = f"user.42:{frame['offset']}"
+    await hub.publish("42", {"n": 4})
+    value = await ticket(hub.http, hub.token("42"))
+    async with hub.http.stream("GET", "/sse", params={"ticket": value, "last_event_id": since}) as response:
+        assert response.status_code == 200
+        resumed = Stream(response, str(hub.http.base_url))
+        assert (await resumed.next()).event == "hub.stream"
+        assert (await resumed.frame())["recovered"] is True
+        [replayed] = await resumed.notifications(1)
+        assert replayed["data"] == {"n": 4}
+
+
+def test_event_ids_and_handles_round_trip() -> None:
+    """The pure parts: ``id:`` ↔ ``Last-Event-ID`` and stream handles (no I/O)."""
+    offsets = {"user.42": "5-1", "broadcast": "7-0"}
+    assert event_id(offsets) == "broadcast:7-0,user.42:5-1"
+    assert parse_event_id(event_id(offsets)) == offsets
+    for bad in ("user.42", "user.42:", ":5-0", "a:1-0,a:2-0", ",".join(f"t{i}:1-0" for i in range(33))):
+        with pytest.raises(ValueError, match=r"expected|more than"):
+            parse_event_id(bad)
+    handle = make_handle("abc123", "host:8080")
+    assert split_handle(handle) == ("abc123", "host:8080")
+    for bad in ("", "abc", "abc.", ".eA", "abc.%%%", "x." + "A" * 500):
+        assert split_handle(bad) is None
+
+
+async def test_read_frames_go_by_post_and_reach_the_users_other_streams(history_hub: RunningHub) -> None:
+    """The POST seam is generic: ``read`` (§9) over SSE, answered on every stream of the user."""
+    hub = history_hub
+    async with open_stream(hub.http, hub.token("42")) as phone, open_stream(hub.http, hub.token("42")) as laptop:
+        await phone.frame()
+        await laptop.frame()
+        for n in range(2):
+            await hub.publish("42", {"n": n})
+        first, _ = await laptop.notifications(2)
+        await phone.notifications(2)
+        answer = await laptop.post(hub.http, {"type": "read", "topic": "user.42", "up_to": first["offset"]})
+        assert answer.status_code == 202
+        for stream in (laptop, phone):
+            frame = await stream.frame()
+            assert frame["type"] == "read", frame
+            assert frame["up_to"] == first["offset"]
+            assert frame["unread"] == 1

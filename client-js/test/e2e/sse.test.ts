@@ -1,4 +1,4 @@
-// The SSE transport in headless Chromium (docs/protocol.md §9): forced with `transport: 'sse'`
+// The SSE transport in headless Chromium (docs/protocol.md §10): forced with `transport: 'sse'`
 // against one hub; and, with HUB_E2E_DISTRIBUTED=1, the automatic fallback through an HAProxy
 // that refuses WebSocket upgrades, across a replica restart, resumed with Last-Event-ID.
 import assert from 'node:assert/strict';
