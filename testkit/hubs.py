@@ -170,7 +170,9 @@ async def run_hub(
         server = build_server(node)
         task = asyncio.create_task(server.serve())
         try:
-            await wait_for(lambda: server.started or task.done(), what="the hub to start")
+            await wait_for(
+                lambda: server.started or task.done(), timeout=30, what="the hub to start"
+            )  # a cluster start on a busy box
             if task.done():
                 task.result()
                 raise AssertionError("the hub stopped during start-up")

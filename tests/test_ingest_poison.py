@@ -255,7 +255,7 @@ async def test_delivery_limit(deployment: Deployment) -> None:
     time: it is tried DELIVERY_LIMIT times, then dead-lettered; the rest flows meanwhile."""
     d = deployment
     victim, other = f"v{uuid.uuid4().hex[:8]}", f"o{uuid.uuid4().hex[:8]}"
-    stream = f"{d.env['HUB_REDIS_PREFIX']}s:user.{victim}"
+    stream = f"{d.env['HUB_REDIS_PREFIX']}s:{{user.{victim}}}"
     redis = aioredis.Redis.from_url(REDIS_URL)
     victim_socket, other_socket = await d.hub.connect(victim), await d.hub.connect(other)
     try:
@@ -300,7 +300,7 @@ async def test_unreadable_history_entries_are_skipped_and_counted(deployment: De
     strict hub) are skipped on recovery and counted: no 1011, the rest is delivered."""
     d = deployment
     user = f"h{uuid.uuid4().hex[:8]}"
-    stream = f"{d.env['HUB_REDIS_PREFIX']}s:user.{user}"
+    stream = f"{d.env['HUB_REDIS_PREFIX']}s:{{user.{user}}}"
     history = d.hub.node.backend.history
     assert history is not None
     skipped = history.skipped
