@@ -30,6 +30,8 @@ class ReconnectingClient:
         self.ws_url, self.user, self.secret = ws_url, user, secret
         self.max_reconnects = max_reconnects
         self.notifications: list[dict[str, Any]] = []
+        #: For each notification, the number of ``connected`` frames before it (its session, from 1).
+        self.sessions: list[int] = []
         self.connects: list[dict[str, Any]] = []
         self.connect_times: list[float] = []
         self.closes: list[tuple[float, int | None]] = []
@@ -65,6 +67,11 @@ class ReconnectingClient:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+
+    async def drop(self) -> None:
+        """Close the current socket (if any); the loop reconnects with ``since``."""
+        if self._ws is not None:
+            await self._ws.close()
 
     async def _run(self) -> None:
         attempt = 0
@@ -102,6 +109,7 @@ class ReconnectingClient:
                 message = json.loads(raw)
                 if message.get("type") == "notification":
                     self.notifications.append(message)
+                    self.sessions.append(len(self.connects))
                     if message.get("offset"):
                         self.offsets[message["topic"]] = message["offset"]
                     self.changed.set()

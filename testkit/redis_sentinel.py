@@ -96,8 +96,12 @@ class RedisSentinelSetup:
     def crash_primary(self) -> RedisServer:
         """SIGKILL the primary and return the replica once it was promoted by the Sentinels
         and every Sentinel names it."""
-        old, new = self.primary, self.replica
-        old.kill()
+        new = self.replica
+        self.primary.kill()
+        return self.wait_promoted(new)
+
+    def wait_promoted(self, new: RedisServer) -> RedisServer:
+        """Return ``new`` once the Sentinels promoted it and every Sentinel names it."""
         try:
             wait_until(lambda: new.info("replication").get("role") == "master", "the replica's promotion")
         except RuntimeError as exc:
