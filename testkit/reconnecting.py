@@ -39,6 +39,7 @@ class ReconnectingClient:
         self.connected = asyncio.Event()
         self.changed = asyncio.Event()
         self._stopping = False
+        self._hold: asyncio.Event | None = None
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -68,8 +69,10 @@ class ReconnectingClient:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
 
-    async def drop(self) -> None:
-        """Close the current socket (if any); the loop reconnects with ``since``."""
+    async def drop(self, hold: asyncio.Event | None = None) -> None:
+        """Close the current socket (if any); the loop reconnects with ``since`` (once ``hold``
+        is set, when given: the client stays away meanwhile)."""
+        self._hold = hold
         if self._ws is not None:
             await self._ws.close()
 
@@ -83,6 +86,9 @@ class ReconnectingClient:
                 pass
             if self._stopping:
                 return
+            if self._hold is not None:
+                await self._hold.wait()
+                self._hold = None
             attempt += 1
             await asyncio.sleep(min(0.05 * attempt, 0.5))  # reconnect backoff, not synchronisation
 

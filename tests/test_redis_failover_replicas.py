@@ -6,9 +6,10 @@ the real HAProxy config) on the shared RabbitMQ (a private vhost) and a private 
 its replication link stalled first, so the promoted replica has lost the newest history
 entries for certain; (b) a Redis Cluster (``testkit.redis_cluster``) whose primary holding
 the most users' streams is killed (SIGKILL). A publisher posts to ``/api/publish`` through
-the LB steadily (a failed request is retried with the same id); every client's socket is
-dropped at the kill, so every client reconnects through the LB with ``since`` during or
-after the failover. Checked per user, on the exact list of ids: none duplicated, in order,
+the LB steadily (a failed request is retried with the same id). Three users' clients go
+away before the stall (Sentinel) or the kill (Cluster) and come back once the new primary
+serves, with ``since`` from before what the failover may lose; every other client's socket
+is dropped at the kill, so it reconnects through the LB during or after the failover. Checked per user, on the exact list of ids: none duplicated, in order,
 the notifications published after every client was back all arrive (live delivery goes
 on), and every missing one falls at a reconnect whose ``connected.recovered`` was false —
 never a silent gap (docs/protocol.md §5). Figures are printed (``-s``); the deadlines only
@@ -72,25 +73,30 @@ async def run_failover(
     what: str,
     kill: Callable[[], None],
     settle: Callable[[], object],
+    away: list[str],
     prepare: Callable[[Publisher], Awaitable[None]] | None = None,
 ) -> None:
-    """Publish steadily to clients on 3 replicas; ``prepare`` (given the publisher), ``kill``
-    the Redis primary, drop every client's socket, ``settle`` (blocking: until promoted), then
-    check the lists (see the module docstring) and print figures."""
+    """Publish steadily to clients on 3 replicas; the ``away`` users' clients go away,
+    ``prepare`` (given the publisher), ``kill`` the Redis primary, drop every other client's
+    socket, ``settle`` (blocking: until promoted), the away ones come back; then check the
+    lists (see the module docstring) and print figures."""
     clients = await start_clients(d, USERS)
     publisher = Publisher(d, USERS)
+    hold = asyncio.Event()
     try:
         publisher.start()
         await wait_until(lambda: _true(publisher.total >= RATE), LIMIT, "publishing to start")
+        await asyncio.gather(*(clients[u].drop(hold) for u in away))
         if prepare is not None:
             await prepare(publisher)
         before = {u: len(c.connects) for u, c in clients.items()}
         sent_before = publisher.total
         started = time.monotonic()
         await asyncio.to_thread(kill)
-        await asyncio.gather(*(c.drop() for c in clients.values()))
+        await asyncio.gather(*(c.drop() for u, c in clients.items() if u not in away))
         await asyncio.to_thread(settle)
         promoted = time.monotonic() - started
+        hold.set()
 
         async def back() -> bool:
             return all(len(c.connects) > before[u] and c.connected.is_set() for u, c in clients.items())
@@ -121,9 +127,10 @@ async def run_failover(
             told += t
         lost = sum(len(set(publisher.sent[u]) - set(c.ids())) for u, c in clients.items())
         duplicated = sum(len(c.ids()) - len(set(c.ids())) for c in clients.values())
-        said = [c.get("recovered") for u, c in clients.items() for c in c.connects[before[u] :]]
+        said = [frame.get("recovered") for u, c in clients.items() for frame in c.connects[before[u] :]]
         print(
-            f"\n{what}: clients {len(clients)} on 3 replicas, notifications {publisher.total} "
+            f"\n{what}: clients {len(clients)} on 3 replicas ({len(away)} away across the failover), "
+            f"notifications {publisher.total} "
             f"({sent_before} before the kill), lost {lost} (in {len(told)} gaps told recovered: false, "
             f"{len(silent)} silent), duplicated {duplicated}, reconnects after the kill {len(said)} "
             f"(recovered false {said.count(False)}, true {said.count(True)}), publish retries "
@@ -132,12 +139,19 @@ async def run_failover(
         assert silent == [], silent
         assert duplicated == 0
     finally:
+        hold.set()
         for c in clients.values():
             await c.stop()
         if publisher._task is not None and not publisher._task.done():
             await publisher.stop()
 
 
+@pytest.mark.xfail(
+    reason="hub bug (report-rfail.md): until the sequencer's first append after the promotion marks "
+    "the lost tails (its retry backoff is up to 2 s), a client resuming from an offset below a lost "
+    "entry is told recovered: true and misses it: a silent gap",
+    strict=False,
+)
 async def test_sentinel_primary_killed_behind_the_load_balancer() -> None:
     redis = RedisSentinelSetup()
     link = await TcpProxy("127.0.0.1", redis.data[0].port).start()  # the replica's replication link
@@ -161,6 +175,7 @@ async def test_sentinel_primary_killed_behind_the_load_balancer() -> None:
                 "Sentinel primary killed (replication stalled first)",
                 lambda: redis.primary.kill(),
                 lambda: redis.wait_promoted(new),
+                USERS[:3],
                 prepare=stall,
             )
     finally:
@@ -178,7 +193,11 @@ async def test_cluster_primary_killed_behind_the_load_balancer() -> None:
         victim = redis.server(max(on, key=lambda port: len(on[port])))
         async with replicas({"HUB_REDIS_URL": redis.url}) as d:
             await run_failover(
-                d, f"Redis Cluster primary killed, holding users {on[victim.port]}", victim.kill, redis.wait_healthy
+                d,
+                f"Redis Cluster primary killed, holding users {on[victim.port]}",
+                victim.kill,
+                redis.wait_healthy,
+                on[victim.port][:3],
             )
     finally:
         await asyncio.to_thread(redis.close)
