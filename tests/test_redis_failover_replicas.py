@@ -9,11 +9,11 @@ the most users' streams is killed (SIGKILL). A publisher posts to ``/api/publish
 the LB steadily (a failed request is retried with the same id). Three users' clients go
 away before the stall (Sentinel) or the kill (Cluster) and come back once the new primary
 serves, with ``since`` from before what the failover may lose; every other client's socket
-is dropped at the kill, so it reconnects through the LB during or after the failover. Checked per user, on the exact list of ids: none duplicated, in order,
-the notifications published after every client was back all arrive (live delivery goes
-on), and every missing one falls at a reconnect whose ``connected.recovered`` was false —
-never a silent gap (docs/protocol.md §5). Figures are printed (``-s``); the deadlines only
-bound a hang.
+is dropped at the kill, so it reconnects through the LB during or after the failover.
+Checked per user, on the exact list of ids: none duplicated, in order, the notifications
+published after every client was back all arrive (live delivery goes on), and every
+missing one falls at a reconnect whose ``connected.recovered`` was false — never a silent
+gap (docs/protocol.md §5). Figures are printed (``-s``); the deadlines only bound a hang.
 """
 
 from __future__ import annotations
