@@ -150,6 +150,7 @@ async def run_failover(
     reason="hub bug (report-rfail.md): until the sequencer's first append after the promotion marks "
     "the lost tails (its retry backoff is up to 2 s), a client resuming from an offset below a lost "
     "entry is told recovered: true and misses it: a silent gap",
+    raises=AssertionError,  # the gap assertion; a hang or a timeout still fails
     strict=False,
 )
 async def test_sentinel_primary_killed_behind_the_load_balancer() -> None:
