@@ -146,13 +146,6 @@ async def run_failover(
             await publisher.stop()
 
 
-@pytest.mark.xfail(
-    reason="hub bug (report-rfail.md): until the sequencer's first append after the promotion marks "
-    "the lost tails (its retry backoff is up to 2 s), a client resuming from an offset below a lost "
-    "entry is told recovered: true and misses it: a silent gap",
-    raises=AssertionError,  # the gap assertion; a hang or a timeout still fails
-    strict=False,
-)
 async def test_sentinel_primary_killed_behind_the_load_balancer() -> None:
     redis = RedisSentinelSetup()
     link = await TcpProxy("127.0.0.1", redis.data[0].port).start()  # the replica's replication link

@@ -71,6 +71,7 @@ class DistributedBackend:
                 size=settings.history_size,
                 ttl=settings.history_ttl,
                 timeout=settings.backend_timeout,
+                writers=ingest_queues(settings),
             )
             if settings.history_enabled
             else None

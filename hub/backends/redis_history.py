@@ -29,6 +29,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
 from hub.backends.base import HistoryRead, issued_here
 from hub.backends.redis_batch import batch_for
 from hub.backends.redis_client import RedisClient, ScriptCall, deadline, run_scripts, slot_of
@@ -160,7 +162,16 @@ class RedisHistory:
     Streams found to have lost their newest entries (a failover) are counted in ``lost_tails``.
     """
 
-    def __init__(self, redis: RedisClient, *, prefix: str, size: int, ttl: float, timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        prefix: str,
+        size: int,
+        ttl: float,
+        timeout: float = 3.0,
+        writers: Sequence[str] = (),
+    ) -> None:
         self._redis = redis
         self._timeout = timeout
         self._prefix = prefix
@@ -172,6 +183,11 @@ class RedisHistory:
         self._batch = batch_for(redis, timeout)
         self.skipped = 0
         self.lost_tails = 0
+        # The sequencers (by ingest queue) that must have vouched for the current primary
+        # before a read is trusted to be complete (``seal``); none on a cluster (see ``seal``).
+        self._writers = () if isinstance(redis, RedisCluster) else tuple(writers)
+        self._sealed_key = f"{prefix}{{history}}:sealed"
+        self.untrusted_reads = 0
 
     def stream_key(self, topic: str) -> str:
         """The Redis key of ``topic``'s stream."""
@@ -246,6 +262,36 @@ class RedisHistory:
             log.warning("Redis lost the newest history of %d topics (a failover?): reported as incomplete", len(lost))
         return lost
 
+    async def primary_id(self) -> str | None:
+        """The replication id of the Redis that answers (``master_replid``: a promoted replica
+        or a restarted, emptied server has a new one); None on a cluster."""
+        if isinstance(self._redis, RedisCluster):
+            return None
+        info = await self._redis.info("replication")  # raises redis errors, like append_batch
+        return str(info.get("master_replid") or "") or None
+
+    async def seal(self, writer: str, primary: str) -> None:
+        """Vouch that ``writer`` (a sequencer, by its ingest queue) has marked every lost tail it
+        knows of on the Redis whose replication id is ``primary`` (``mark_lost_tails`` first).
+
+        A read is complete only while every writer vouched for the primary that answers it:
+        right after a failover, before the sequencers found what the new primary lost, reads
+        answer ``recovered: false`` instead of a silent gap (docs/operations.md §12). Not on a
+        Redis Cluster, where each primary fails over on its own (a window remains there).
+        """
+        await self._redis.hset(self._sealed_key, writer, primary)  # raises redis errors
+
+    async def _trusted(self) -> bool:
+        """Whether every writer vouched for the primary answering now (see ``seal``)."""
+        if not self._writers:
+            return True
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.info("replication")
+            pipe.hgetall(self._sealed_key)
+            info, sealed = await pipe.execute()
+        primary = str(info.get("master_replid") or "").encode()
+        return bool(primary) and all(sealed.get(writer.encode()) == primary for writer in self._writers)
+
     async def append(self, topic: str, id: str, ts: int, data: Any) -> tuple[str, bool]:
         encoded = json_dumps(data).encode()
         return (await self.append_batch([(topic, id, ts, JSON_KIND, encoded)]))[0]
@@ -268,7 +314,10 @@ class RedisHistory:
             args: list[str | int] = [self._dedup_prefix(topic), self._size, horizon, start, after[topic]]
             calls.append((self._read, [self.stream_key(topic)], args))
         async with deadline("history read", self._timeout):
-            results = await run_scripts(self._redis, calls)
+            results, trusted = await asyncio.gather(run_scripts(self._redis, calls), self._trusted())
+        if not trusted:
+            self.untrusted_reads += 1
+            log.warning("history read on a Redis primary not yet checked for lost history (a failover?): incomplete")
         reads: dict[str, HistoryRead] = {}
         now = now_ms()
         for topic, (exists, max_deleted, entries, last, is_entry) in zip(topics, results, strict=True):
@@ -288,7 +337,8 @@ class RedisHistory:
                 notification = self._notification(topic, offset, fields)
                 if notification is not None:
                     found.append(notification)
-            reads[topic] = HistoryRead(found, complete=_complete(key, parse_offset(max_deleted.decode()), horizon))
+            complete = trusted and _complete(key, parse_offset(max_deleted.decode()), horizon)
+            reads[topic] = HistoryRead(found, complete=complete)
         return reads
 
     def _notification(self, topic: str, offset: bytes, fields: list[bytes]) -> Notification | None:

@@ -69,6 +69,8 @@ REDIS_AWAY: tuple[type[Exception], ...] = (
 MAX_COUNTED = 10_000
 #: A consume after a reconnect not answered within this many ``backend_timeout`` is tried again.
 CONSUME_DEADLINES = 3
+#: Seconds between checks that the Redis primary is still the one last swept (a failover).
+PRIMARY_WATCH = 0.5
 #: Topics whose newest offset is remembered to find lost history after a Redis failover
 #: (``RedisHistory.mark_lost_tails``; the least recently written are forgotten first).
 MAX_REMEMBERED = 10_000
@@ -118,6 +120,9 @@ class Sequencer:
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._newest: OrderedDict[str, str] = OrderedDict()  # topic → offset last appended
         self._check_lost = False  # Redis failed since: look for lost tails before appending
+        self._sealed: str | None = None  # the primary this sequencer last vouched for (``_sweep``)
+        self._sweeping = asyncio.Lock()
+        self._watching: asyncio.Task[None] | None = None
         self._careful = 0
         self.stats = SequencerStats()
         self.redis_error: str | None = None
@@ -136,6 +141,7 @@ class Sequencer:
         await self._consume()
         channel.reopen_callbacks.add(self._reopened)
         self._task = asyncio.create_task(self._run(), name="hub-sequencer")
+        self._watching = asyncio.create_task(self._watch_primary(), name="hub-sequencer-primary")
 
     async def _consume(self) -> None:
         assert self._channel is not None
@@ -190,12 +196,12 @@ class Sequencer:
 
     async def close(self) -> None:
         """Stop the loop (unacked messages go back to the queue for the next sequencer)."""
-        for task in (self._resubscribing, self._consuming, self._task):
+        for task in (self._resubscribing, self._consuming, self._task, self._watching):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._resubscribing = self._consuming = None
+        self._task = self._resubscribing = self._consuming = self._watching = None
 
     async def stop(self, grace: float) -> None:
         """Hand the queue over: take no more deliveries, finish what was delivered (at most
@@ -361,9 +367,8 @@ class Sequencer:
         delay = RETRY_FIRST
         while True:
             try:
-                if self._check_lost:
-                    await self._history.mark_lost_tails(self._newest)
-                    self._check_lost = False
+                if self._check_lost or self._sealed is None:
+                    await self._sweep()
                 lost_before = self._history.lost_tails
                 results = await self._history.append_batch(entries, self._newest)
                 if self._history.lost_tails > lost_before:
@@ -383,7 +388,35 @@ class Sequencer:
                 self._newest.move_to_end(topic)
             while len(self._newest) > MAX_REMEMBERED:
                 self._newest.popitem(last=False)
+            if self._check_lost:  # a lost tail found: find the others now, not at the next batch
+                with contextlib.suppress(*REDIS_AWAY):
+                    await self._sweep()
             return results
+
+    async def _sweep(self) -> None:
+        """Mark every lost tail this sequencer knows of, then vouch for the primary it found
+        them on (``RedisHistory.seal``): until then reads of it answer ``recovered: false``."""
+        async with self._sweeping:
+            primary = await self._history.primary_id()
+            await self._history.mark_lost_tails(self._newest)
+            self._check_lost = False
+            if primary is not None:
+                await self._history.seal(self._queue, primary)
+            self._sealed = primary or ""
+
+    async def _watch_primary(self) -> None:
+        """Once this sequencer has sequenced (it is the active one), notice a new Redis primary
+        (a failover, or a restarted server) within ``PRIMARY_WATCH`` seconds and sweep it,
+        whether or not anything is published meanwhile."""
+        while True:
+            await asyncio.sleep(PRIMARY_WATCH)  # a polling interval, not synchronisation
+            if self._sealed is None or self._draining:
+                continue
+            try:
+                if await self._history.primary_id() != (self._sealed or None):
+                    await self._sweep()
+            except Exception as exc:  # Redis away or anything else: never stop watching
+                log.debug("Redis primary check failed, retrying: %r", exc)
 
     def _dead_letter(
         self, channel: aiormq.Channel, message: DeliveredMessage, kind: str, text: str
