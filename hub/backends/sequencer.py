@@ -99,10 +99,14 @@ class Sequencer:
         *,
         queue: str | None = None,
         binding: tuple[str, str] | None = None,
+        owner: bool = False,
     ) -> None:
         """``queue`` (default ``settings.ingest_queue``) is consumed; ``binding`` (exchange,
         routing key; default the publishers' exchange with ``#``) is what it is bound with
-        again when the broker deleted it (a shard queue is bound to the hash exchange)."""
+        again when the broker deleted it (a shard queue is bound to the hash exchange).
+        ``owner``: this is the queue's designated sequencer (a shard's), not one of several
+        single-active-consumer candidates; it vouches for the Redis primary from the start
+        (``_watch_primary``), a candidate only once it has sequenced."""
         self._connection = connection
         self._queue = queue or settings.ingest_queue
         self._binding = binding or (settings.exchange, "#")
@@ -121,6 +125,7 @@ class Sequencer:
         self._newest: OrderedDict[str, str] = OrderedDict()  # topic → offset last appended
         self._check_lost = False  # Redis failed since: look for lost tails before appending
         self._sealed: str | None = None  # the primary this sequencer last vouched for (``_sweep``)
+        self._owner = owner
         self._sweeping = asyncio.Lock()
         self._watching: asyncio.Task[None] | None = None
         self._careful = 0
@@ -410,8 +415,8 @@ class Sequencer:
         whether or not anything is published meanwhile."""
         while True:
             await asyncio.sleep(PRIMARY_WATCH)  # a polling interval, not synchronisation
-            if self._sealed is None or self._draining:
-                continue
+            if (self._sealed is None and not self._owner) or self._draining:
+                continue  # a standby candidate knows nothing to sweep for: it must not vouch
             try:
                 if await self._history.primary_id() != (self._sealed or None):
                     await self._sweep()

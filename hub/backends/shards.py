@@ -177,6 +177,7 @@ class ShardCoordinator:
             settings,
             queue=shard_queue(settings, shard),
             binding=shard_binding(settings),
+            owner=True,
         )
         try:
             async with asyncio.timeout(settings.backend_timeout):
