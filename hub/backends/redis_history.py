@@ -281,6 +281,11 @@ class RedisHistory:
         """
         await self._redis.hset(self._sealed_key, writer, primary)  # raises redis errors
 
+    async def sealed_by(self, writer: str) -> str | None:
+        """The primary ``writer`` last vouched for, as recorded in Redis (raises redis errors)."""
+        value = await self._redis.hget(self._sealed_key, writer)
+        return value.decode() if isinstance(value, bytes) else value
+
     async def _trusted(self) -> bool:
         """Whether every writer vouched for the primary answering now (see ``seal``)."""
         if not self._writers:

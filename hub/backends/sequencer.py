@@ -418,7 +418,11 @@ class Sequencer:
             if (self._sealed is None and not self._owner) or self._draining:
                 continue  # a standby candidate knows nothing to sweep for: it must not vouch
             try:
-                if await self._history.primary_id() != (self._sealed or None):
+                primary = await self._history.primary_id()
+                # a new primary, or the record gone (a flushed Redis keeps its replication id)
+                if primary != (self._sealed or None) or (
+                    primary is not None and await self._history.sealed_by(self._queue) != primary
+                ):
                     await self._sweep()
             except Exception as exc:  # Redis away or anything else: never stop watching
                 log.debug("Redis primary check failed, retrying: %r", exc)
