@@ -176,7 +176,9 @@ new HubClient({ url: 'wss://hub.example.com/ws', getToken: async () => 'token', 
       }
       assert.match(full.msgpack, /^bytes:\d+$/);
       assert.match(json.msgpack, /^error:.*needs hub-client\.iife\.min\.js/);
-      assert.ok(json.size < full.size / 2, `the JSON-only IIFE (${json.size} B) should be well under the full one (${full.size} B)`);
+      // the JSON-only build leaves out the msgpack codec (~20 KB minified): the client itself grew
+      // with SSE and read state, so compare what is left out, not a ratio
+      assert.ok(full.size - json.size > 15_000, `the JSON-only IIFE (${json.size} B) should leave out the msgpack codec of the full one (${full.size} B)`);
     } finally {
       await browser.close();
     }
