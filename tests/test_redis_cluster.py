@@ -8,11 +8,9 @@ RabbitMQ shared (a private vhost). Waits are conditions with deadlines, never sl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -21,7 +19,8 @@ from hub.backends.redis_client import RedisClient
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from testkit.redis_cluster import RedisClusterSetup
 from tests.distributed_env import environment
-from tests.harness import Client, RunningHub, run_hub, wait_for
+from tests.harness import RunningHub, run_hub, wait_for
+from tests.steady_load import SteadyLoad, data
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -33,10 +32,6 @@ def cluster() -> Iterator[RedisClusterSetup]:
         yield setup
     finally:
         setup.close()
-
-
-def data(frames: list[dict[str, Any]]) -> list[Any]:
-    return [frame["data"] for frame in frames]
 
 
 def slot(hub: RunningHub, key: str) -> int:
@@ -102,26 +97,10 @@ async def test_primary_fails_over_under_steady_publishing(cluster: RedisClusterS
         victim = cluster.server(max(with_replica, key=lambda p: len(by_primary[p])))
         presence_primary = cluster.primary_of(slot(hub, f"{prefix}{{presence}}:replicas")).port
 
-        clients: dict[str, Client] = {user: await hub.connect(user) for user in users}
-        frames: dict[str, list[dict[str, Any]]] = {user: [] for user in users}
-        published = dict.fromkeys(users, 0)
-        stop = asyncio.Event()
-        finished = asyncio.Event()
-
-        async def steady(user: str) -> None:
-            while not stop.is_set():
-                await hub.publish(user, published[user], id=f"{user}-{published[user]}")
-                published[user] += 1
-
-        async def receive(user: str) -> None:
-            # until the publishers are done (a publish in flight at the stop still counts) and
-            # every notification they published arrived; a recv that times out (cancel-safe) retries
-            while not (finished.is_set() and len(frames[user]) >= published[user]):
-                with contextlib.suppress(TimeoutError):
-                    frames[user].append(await clients[user].recv(timeout=0.5))
-
-        publishers = [asyncio.create_task(steady(user)) for user in users]
-        receivers = [asyncio.create_task(receive(user)) for user in users]
+        load = SteadyLoad(hub, {user: await hub.connect(user) for user in users})
+        frames, published = load.frames, load.published
+        load.start_publishing()
+        load.start_receiving()
         await wait_for(lambda: min(published.values()) >= 10, what="publishing to start")
         killed_at = dict(published)
         started = time.monotonic()
@@ -135,10 +114,7 @@ async def test_primary_fails_over_under_steady_publishing(cluster: RedisClusterS
             what="live delivery after the failover",
         )
         recovered_in = time.monotonic() - started
-        stop.set()
-        await asyncio.gather(*publishers)
-        finished.set()
-        await asyncio.wait_for(asyncio.gather(*receivers), 60)
+        await load.stop()
 
         results = {}
         for user in users:

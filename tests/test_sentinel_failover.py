@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -20,7 +19,8 @@ from hub.settings import ConfigError, Settings
 from hub.startup import describe_services
 from testkit.redis_sentinel import RedisSentinelSetup
 from tests.distributed_env import environment
-from tests.harness import Client, RunningHub, run_hub, wait_for
+from tests.harness import RunningHub, run_hub, wait_for
+from tests.steady_load import SteadyLoad, data
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -48,10 +48,6 @@ async def sentinel_hub(
 async def publish(hub: RunningHub, user: str, values: range) -> None:
     for value in values:
         await hub.publish(user, value, id=f"{user}-{value}")
-
-
-def data(frames: list[dict[str, Any]]) -> list[Any]:
-    return [frame["data"] for frame in frames]
 
 
 async def test_settings_reach_the_primary_through_the_sentinels() -> None:
@@ -105,27 +101,11 @@ async def test_failover_under_steady_publishing() -> None:
     reconnecting client either recovers exactly or is told it did not."""
     users = [f"f{n}" for n in range(5)]
     async with sentinel_hub() as (redis, hub, _):
-        clients = {user: await hub.connect(user) for user in users}
-        frames: dict[str, list[dict[str, Any]]] = {user: [] for user in users}
-        stop = asyncio.Event()
-        finished = asyncio.Event()
-        published = {user: 0 for user in users}
-
-        async def steady(user: str) -> None:
-            while not stop.is_set():
-                await hub.publish(user, published[user], id=f"{user}-{published[user]}")
-                published[user] += 1
-
-        async def receive(user: str, client: Client) -> None:
-            # until the publishers are done (a publish in flight at the stop still counts) and
-            # every notification they published arrived; a recv that times out (cancel-safe) retries
-            while not (finished.is_set() and len(frames[user]) >= published[user]):
-                with contextlib.suppress(TimeoutError):
-                    frames[user].append(await client.recv(timeout=0.5))
-
-        publishers = [asyncio.create_task(steady(user)) for user in users]
+        load = SteadyLoad(hub, {user: await hub.connect(user) for user in users})
+        frames, published = load.frames, load.published
+        load.start_publishing()
         await wait_for(lambda: min(published.values()) >= 10, what="publishing to start")
-        receivers = [asyncio.create_task(receive(user, clients[user])) for user in users]
+        load.start_receiving()
         failed_at = dict(published)
         started = time.monotonic()
         await asyncio.to_thread(redis.crash_primary)
@@ -136,10 +116,7 @@ async def test_failover_under_steady_publishing() -> None:
             what="live delivery after the failover",
         )
         delivered_in = time.monotonic() - started
-        stop.set()
-        await asyncio.gather(*publishers)
-        finished.set()
-        await asyncio.wait_for(asyncio.gather(*receivers), 60)
+        await load.stop()
 
         results = {}
         for user in users:
