@@ -122,7 +122,7 @@ async def serve(node: Node, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then drain the sessions and stop.
 
     Before uvicorn says a word, the port is bound and the backend started (within
-    ``hub.startup.startup_timeout``); when either fails, StartupError says why in one
+    ``HUB_STARTUP_TIMEOUT``); when either fails, StartupError says why in one
     line. The drain happens before uvicorn's own shutdown, so sockets are closed with
     1012 spread over ``HUB_DRAIN_SECONDS`` instead of all at once. With ``reuse_port``
     the port is bound with ``SO_REUSEPORT`` (``hub serve --workers``).

@@ -109,6 +109,11 @@ class Settings:
     backend_timeout: float = _setting(
         3.0, "seconds any RabbitMQ or Redis call on a request path may take (then 1013 / 503)"
     )
+    startup_timeout: float = _setting(
+        15.0,
+        "seconds a replica may take at start to reach RabbitMQ and Redis and declare its queues "
+        "(then it exits with status 3); a cluster electing leaders can need more than one call's deadline",
+    )
     send_timeout: float = _setting(10.0, "seconds one write to a socket may take before the socket is aborted")
     connect_concurrency: int = _setting(
         64,
@@ -340,6 +345,7 @@ _POSITIVE = (
     "presence_ttl",
     "auth_timeout",
     "backend_timeout",
+    "startup_timeout",
     "send_timeout",
     "connect_concurrency",
     "ingest_max_length",

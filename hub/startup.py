@@ -1,6 +1,6 @@
 """Starting a replica: one deadline, one clear line when it cannot (docs/protocol.md §7).
 
-``start_node`` starts the backend within ``startup_timeout`` and turns any failure into
+``start_node`` starts the backend within ``HUB_STARTUP_TIMEOUT`` and turns any failure into
 ``StartupError``, whose message is one line naming the services (URLs without their
 passwords). ``hub serve`` prints it as ``hub: cannot start: <message>`` and exits 3.
 """
@@ -20,9 +20,6 @@ from hub.settings import Settings, redact_url
 
 log = logging.getLogger("hub.startup")
 
-#: Start-up makes a handful of calls to each service (connect, declare, consume, ping,
-#: register), each allowed ``HUB_BACKEND_TIMEOUT``; the whole gets this many of them.
-STARTUP_CALLS: Final = 5
 #: Libraries that log every failed connection attempt; start-up reports the outcome instead.
 CHATTY_LIBRARIES: Final = ("aiormq", "aio_pika", "redis")
 
@@ -31,13 +28,8 @@ class StartupError(Exception):
     """The replica cannot start; the message is one line, without passwords."""
 
 
-def startup_timeout(settings: Settings) -> float:
-    """Seconds the backend may take to start before the replica gives up."""
-    return STARTUP_CALLS * settings.backend_timeout
-
-
 async def start_node(node: Node) -> None:
-    """Start ``node`` (its backend) within ``startup_timeout``; raise StartupError otherwise.
+    """Start ``node`` (its backend) within ``HUB_STARTUP_TIMEOUT``; raise StartupError otherwise.
 
     After a failure the half-started backend is closed (within the same deadline,
     errors ignored), so the caller can exit cleanly.
@@ -48,7 +40,7 @@ async def start_node(node: Node) -> None:
             "HUB_DEMO=1: /demo/token signs tokens for any user and /demo/publish needs no API key; "
             "never expose this replica"
         )
-    limit = startup_timeout(settings)
+    limit = settings.startup_timeout
     try:
         async with asyncio.timeout(limit):
             await node.start()
@@ -57,7 +49,7 @@ async def start_node(node: Node) -> None:
     except BackendUnavailable as exc:
         reason = str(exc)
     except TimeoutError:
-        reason = f"{_services(settings)} did not answer within {limit:g} s ({STARTUP_CALLS} times HUB_BACKEND_TIMEOUT)"
+        reason = f"{_services(settings)} did not answer within {limit:g} s (HUB_STARTUP_TIMEOUT)"
     except OSError as exc:
         reason = f"{_services(settings)}: {exc.strerror or exc}"
     except Exception as exc:  # a library's own error type: still one line, the traceback at debug level

@@ -137,8 +137,8 @@ class DistributedBackend:
         return self._connection
 
     async def start(self) -> None:
-        """Connect to Redis and RabbitMQ and declare what is needed, each step within
-        ``backend_timeout``; on failure release what was opened and raise BackendUnavailable
+        """Connect to Redis and RabbitMQ (each within ``backend_timeout``) and declare what is
+        needed (within ``startup_timeout``); on failure release what was opened and raise BackendUnavailable
         with one line naming the service and its URL (without password)."""
         try:
             await self._start()
@@ -166,7 +166,9 @@ class DistributedBackend:
         amqp_writes.install(connection)  # one write per loop turn, not one per frame
         async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
             await connection.connect(timeout=settings.backend_timeout)
-        async with _answering("RabbitMQ", settings.amqp_url, settings.backend_timeout):
+        # Declaring is many calls, and on a cluster each may wait for a queue leader's
+        # election: the whole start-up's deadline, not one call's.
+        async with _answering("RabbitMQ", settings.amqp_url, settings.startup_timeout):
             channel = await connection.channel()
             await declare_topology(channel, settings)
             if self._history is not None and settings.ingest_shards > 1:
