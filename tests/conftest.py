@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Generator
 
 import pytest
@@ -74,6 +75,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if excinfo is not None and excinfo.errisinstance(ServiceMissing) and isinstance(report, pytest.TestReport):
         report.longrepr = str(excinfo.value)
     return report
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``clustered`` backend runs the contract suite (modules marked ``contract``) and
+    the cluster tests written for it; the other modules run on the single-node backends,
+    whose code paths are the same, so they do not pay a cluster's minutes twice.
+    ``HUB_TEST_CLUSTERED=all`` runs every module on it too."""
+    if os.environ.get("HUB_TEST_CLUSTERED") == "all":
+        return
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_cluster = callspec is not None and "clustered" in callspec.params.values()
+        (dropped if on_cluster and item.get_closest_marker("contract") is None else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.harness import RunningHub, make_token, wait_for
+
+pytestmark = pytest.mark.contract
 
 
 async def test_connected_frame(hub: RunningHub) -> None:

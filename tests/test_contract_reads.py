@@ -19,6 +19,8 @@ from hub.codes import CloseCode
 from hub.protocol import MAX_READ_OFFSETS
 from tests.harness import Client, RunningHub, run_hub
 
+pytestmark = pytest.mark.contract
+
 
 @contextlib.asynccontextmanager
 async def other_replica(hub: RunningHub) -> AsyncIterator[RunningHub]:

@@ -10,6 +10,8 @@ import pytest
 from hubnotify import BlockingPublisher, HubReads, Publisher, ReadsError
 from tests.harness import API_KEY, RunningHub, run_hub, wait_for
 
+pytestmark = pytest.mark.contract
+
 
 async def test_hub_reads_unread_page_and_mark(history_hub: RunningHub) -> None:
     hub = history_hub

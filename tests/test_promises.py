@@ -17,6 +17,8 @@ from websockets.exceptions import ConnectionClosed
 from hub.codes import CloseCode
 from testkit import Client, RunningHub, make_token, run_hub, wait_for
 
+pytestmark = pytest.mark.contract
+
 # ------------------------------------------------------------------ history by age
 
 AGE = 3  # HUB_HISTORY_TTL, seconds: long enough that "within the TTL" holds on a busy machine

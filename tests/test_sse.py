@@ -15,6 +15,8 @@ from tests.distributed_env import environment
 from tests.harness import RunningHub, make_token, run_hub, wait_for
 from tests.sse_client import Stream, open_stream, ticket
 
+pytestmark = pytest.mark.contract
+
 
 async def test_receives_connected_and_notifications(hub: RunningHub) -> None:
     async with open_stream(hub.http, hub.token("42")) as stream:
