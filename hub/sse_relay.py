@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import enum
 import logging
 import re
@@ -86,11 +87,14 @@ class Relay:
                 log.warning("the SSE relay is not subscribed yet: POSTs to this replica's streams may get 404")
 
     async def close(self) -> None:
-        """Stop listening; awaits the listener."""
+        """Stop listening; awaits the listener at most the Redis deadline (a listener stuck
+        on a sick Redis is left behind, logged)."""
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
-            await asyncio.wait((listener,))
+            done, _ = await asyncio.wait((listener,), timeout=self._timeout)
+            if not done:
+                log.warning("the SSE relay's listener did not stop within %g s; left behind", self._timeout)
 
     async def route(self, conn_id: str, replica: str, frame: str) -> Routed:
         """Hand ``frame`` to stream ``conn_id`` on ``replica``; raises BackendUnavailable."""
@@ -128,7 +132,9 @@ class Relay:
                 if message is not None and message.get("type") == "message":
                     self._relayed(message["data"])
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):  # closing anyway: a stuck Redis is given one deadline
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _relayed(self, data: bytes | str) -> None:
         try:

@@ -269,3 +269,32 @@ async def _permissions(*, configure: str) -> None:
     """Set the test vhost's configure permission for guest (rabbitmqctl, off the event loop)."""
     command = ["rabbitmqctl", "-q", "set_permissions", "-p", vhost(), "guest", configure, ".*", ".*"]
     await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True, timeout=60)
+
+
+async def test_a_replica_shuts_down_while_both_services_stall() -> None:
+    """Every part of the backend is closed within its own deadline: a replica whose RabbitMQ
+    and Redis stop answering mid-life still finishes shutting down (no stuck lifespan)."""
+    async with (
+        environment() as env,
+        proxied(env["HUB_AMQP_URL"]) as amqp,
+        proxied(env["HUB_REDIS_URL"], 6379) as redis,
+        run_hub(
+            "distributed",
+            env={
+                **env,
+                "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], amqp.port),
+                "HUB_REDIS_URL": via(env["HUB_REDIS_URL"], redis.port),
+            },
+            backend_timeout=DEADLINE,
+        ) as hub,
+    ):
+        client = await hub.connect("s1")
+        await hub.publish("s1", "before")
+        await delivered(client, "before")
+        amqp.stall()
+        redis.stall()
+        async with asyncio.timeout(30):  # run_hub's own wait; a stuck close would never end
+            await hub.node.close()
+        assert not hub.node.started
+        amqp.restore()
+        redis.restore()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -194,20 +194,22 @@ class DistributedBackend:
             await self._presence.start()
 
     async def close(self) -> None:
+        """Close each part within twice ``backend_timeout``: a part stuck on a sick peer is
+        logged and left behind, so a replica always finishes shutting down."""
+        limit = 2 * self._settings.backend_timeout
         if self._sequencer is not None:
-            await self._sequencer.close()
+            await _closed_within("the sequencer", self._sequencer.close(), limit)
             self._sequencer = None
         if self._shards is not None:
-            await self._shards.close()
+            await _closed_within("the shard coordinator", self._shards.close(), limit)
             self._shards = None
-        with contextlib.suppress(Exception):
-            await self._presence.close()
+        await _closed_within("presence", self._presence.close(), limit)
         if self._broker is not None:
-            await self._broker.close()
+            await _closed_within("the live broker", self._broker.close(), limit)
         if self._connection is not None:
-            await self._connection.close()
+            await _closed_within("the RabbitMQ connection", self._connection.close(), limit)
             self._connection = None
-        await redis_client.close(self._redis)
+        await _closed_within("the Redis client", redis_client.close(self._redis), limit)
 
     async def check(self) -> dict[str, str | None]:
         """Each service's health, both probed at once within ``backend_timeout``: RabbitMQ
@@ -324,6 +326,17 @@ class DistributedBackend:
             raise BackendUnavailable(f"read event not sent: RabbitMQ took more than {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BackendUnavailable(f"read event not sent: {exc!r}") from exc
+
+
+async def _closed_within(what: str, closing: Awaitable[None], seconds: float) -> None:
+    """Await ``closing`` for at most ``seconds``; a failure or overrun is logged, not raised."""
+    try:
+        async with asyncio.timeout(seconds):
+            await closing
+    except TimeoutError:
+        log.warning("closing %s took more than %g s; left behind", what, seconds)
+    except Exception as exc:  # closing anyway: a broken part is as good as closed
+        log.warning("closing %s failed: %r", what, exc)
 
 
 @contextlib.asynccontextmanager
