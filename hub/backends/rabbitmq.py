@@ -96,8 +96,8 @@ class LiveBroker:
         self._confirming = ConfirmingExchange(self._open_exchange)
         await self._confirming.start()
         for _ in range(CHANNEL_POOL):
+            # No basic.qos: socket queues are consumed without acks (live_queues), prefetch is moot.
             robust: AbstractRobustChannel = await self._connection.channel(publisher_confirms=False)
-            await robust.set_qos(prefetch_count=self.settings.prefetch)
             slot = ChannelSlot(robust)
             slot.reset(await robust.get_underlay_channel())
             robust.reopen_callbacks.add(self._reopened(slot))
