@@ -13,10 +13,12 @@ import subprocess
 import sys
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from hub.backends.base import SubscriptionOverflow
 from hub.backends.distributed import DistributedBackend
 from hub.backends.rabbitmq import CHANNEL_POOL
 from hub.publisher import Publisher
@@ -161,6 +163,38 @@ async def test_slow_socket_is_bounded_and_others_are_not_slowed() -> None:
         assert closed.code == 1013
         assert await socket_overflows() == 1  # the fast socket was never taken for a slow one
         await fast.close()
+
+
+async def test_what_a_socket_queue_drops_overflows_its_socket() -> None:
+    """RabbitMQ's own bound on a socket queue (``x-max-length``, drop-head) still ends that
+    socket, and only that one: what the queue drops is dead-lettered, with an ``x-death``
+    naming the queue, to the replica's overflow queue, whose consumer overflows the
+    subscription. Consumed without acks, a socket queue fills only while the replica does
+    not read its connection, so the dead-letter RabbitMQ would write is published here."""
+    async with environment(history=False) as env:
+        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
+        backend = DistributedBackend(settings)
+        await backend.start()
+        try:
+            broker = backend.broker
+            dropping = await broker.subscribe(["user.dl1"])
+            other = await broker.subscribe(["user.dl2"])
+            death = {"queue": dropping.queue, "reason": "maxlen", "count": 1, "exchange": settings.exchange}
+            async with await aio_pika.connect(env["HUB_AMQP_URL"]) as connection:
+                channel = await connection.channel()
+                message = aio_pika.Message(b"dropped", headers={"x-death": [death]})
+                await channel.default_exchange.publish(message, routing_key=broker.overflow_queue)
+            with pytest.raises(SubscriptionOverflow):
+                async with asyncio.timeout(10):
+                    await dropping.receive()
+            assert broker.overflows == 1
+            await broker.publish("user.dl2", "still served")
+            async with asyncio.timeout(10):
+                assert [n.data for n in await other.receive()] == ["still served"]
+            await dropping.close()
+            await other.close()
+        finally:
+            await backend.close()
 
 
 async def test_one_user_on_two_replicas() -> None:
