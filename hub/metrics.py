@@ -89,8 +89,9 @@ BACKEND_COUNTERS: dict[str, tuple[str, str]] = {
     "duplicates": ("hub_duplicates", "Redelivered or re-published ids the sequencer found already in history"),
     "overflows": (
         "hub_live_queue_overflows",
-        "Socket queues that reached HUB_SOCKET_QUEUE_SIZE and dropped their oldest notification; each such socket "
-        "is then closed with 1013 (and counted in hub_socket_overflows_total)",
+        "Socket queues that passed HUB_SOCKET_QUEUE_SIZE before the socket's session took what they held (in "
+        "RabbitMQ, in the replica's buffer for the socket, or in the embedded broker); each such socket is then "
+        "closed with 1013 (and counted in hub_socket_overflows_total)",
     ),
     "dropped": ("hub_live_dropped", "Live messages a socket's queue delivered that could not be read (dropped)"),
     "restore_failures": (

@@ -128,7 +128,6 @@ class Settings:
     )
     max_connections_per_user: int = _setting(32, "open sockets per user across the deployment (over: close 4008)")
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
-    prefetch: int = _setting(256, "unacknowledged notifications in flight per socket")
     sse_ticket_ttl: float = _setting(
         30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §10)"
     )
@@ -358,7 +357,6 @@ _POSITIVE = (
     "max_frame_rate",
     "max_connections_per_user",
     "socket_queue_size",
-    "prefetch",
     "sse_ticket_ttl",
 )
 

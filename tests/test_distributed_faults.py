@@ -13,10 +13,12 @@ import subprocess
 import sys
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from hub.backends.base import SubscriptionOverflow
 from hub.backends.distributed import DistributedBackend
 from hub.backends.rabbitmq import CHANNEL_POOL
 from hub.publisher import Publisher
@@ -128,13 +130,22 @@ async def test_redis_unavailable_for_a_while() -> None:
 
 
 async def test_slow_socket_is_bounded_and_others_are_not_slowed() -> None:
-    async with environment() as env, run_hub("distributed", env=env, socket_queue_size=20, prefetch=4) as hub:
-        backend: Any = hub.node.backend
+    """A socket that stops reading is closed with 1013 once ``socket_queue_size`` notifications
+    wait for it (its queue is consumed without acks: the bound is the hub's, not a prefetch),
+    while another socket of the same user, on the same pooled channels, keeps up."""
+    async with environment() as env, run_hub("distributed", env=env, socket_queue_size=20) as hub:
         fast = await hub.connect("s1")
         # max_queue=1: the client stops reading TCP when one frame waits unread.
         slow_ws = await connect(hub.ws_url, subprotocols=["hub.v1.json"], max_queue=1)  # type: ignore[list-item]
         slow = Client(slow_ws, binary=False)
         await slow.send({"type": "connect", "token": hub.token("s1")})
+
+        async def socket_overflows() -> float:
+            for line in (await hub.http.get("/metrics")).text.splitlines():
+                if line.startswith("hub_socket_overflows_total "):
+                    return float(line.split()[-1])
+            return 0.0
+
         big = "x" * 100_000
         frames: list[dict[str, Any]] = []
         async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
@@ -144,13 +155,46 @@ async def test_slow_socket_is_bounded_and_others_are_not_slowed() -> None:
                     [{"user": "s1", "data": {"i": i, "pad": big}} for i in range(step * 10, step * 10 + 10)]
                 )
                 frames += await fast.notifications(10, timeout=10)
-                if backend.broker.overflows:
+                if await socket_overflows():
                     break
         assert [f["data"]["i"] for f in frames] == list(range(len(frames)))
-        await wait_for(lambda: backend.broker.overflows >= 1, what="the slow socket's queue to overflow")
+        await wait_for(socket_overflows, what="the slow socket to fall behind its bound")
         closed = await slow.closed(timeout=30)
         assert closed.code == 1013
+        assert await socket_overflows() == 1  # the fast socket was never taken for a slow one
         await fast.close()
+
+
+async def test_what_a_socket_queue_drops_overflows_its_socket() -> None:
+    """RabbitMQ's own bound on a socket queue (``x-max-length``, drop-head) still ends that
+    socket, and only that one: what the queue drops is dead-lettered, with an ``x-death``
+    naming the queue, to the replica's overflow queue, whose consumer overflows the
+    subscription. Consumed without acks, a socket queue fills only while the replica does
+    not read its connection, so the dead-letter RabbitMQ would write is published here."""
+    async with environment(history=False) as env:
+        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
+        backend = DistributedBackend(settings)
+        await backend.start()
+        try:
+            broker = backend.broker
+            dropping = await broker.subscribe(["user.dl1"])
+            other = await broker.subscribe(["user.dl2"])
+            death = {"queue": dropping.queue, "reason": "maxlen", "count": 1, "exchange": settings.exchange}
+            async with await aio_pika.connect(env["HUB_AMQP_URL"]) as connection:
+                channel = await connection.channel()
+                message = aio_pika.Message(b"dropped", headers={"x-death": [death]})
+                await channel.default_exchange.publish(message, routing_key=broker.overflow_queue)
+            with pytest.raises(SubscriptionOverflow):
+                async with asyncio.timeout(10):
+                    await dropping.receive()
+            assert broker.overflows == 1
+            await broker.publish("user.dl2", "still served")
+            async with asyncio.timeout(10):
+                assert [n.data for n in await other.receive()] == ["still served"]
+            await dropping.close()
+            await other.close()
+        finally:
+            await backend.close()
 
 
 async def test_one_user_on_two_replicas() -> None:
@@ -230,10 +274,10 @@ async def test_connect_storm_never_fails_for_want_of_redis_connections() -> None
         assert not failures, f"{len(failures)} of 400 connects failed, e.g. {failures[:3]}"
 
 
-async def test_closing_with_unacked_deliveries_keeps_acks_batched() -> None:
-    """A subscription closed with a delivery it never acked settles it: before, its tag held
-    the head of its channel's multiple ack forever, every later tag of that channel stayed
-    in memory and every later ack went alone."""
+async def test_live_deliveries_need_no_ack_and_a_closed_queue_disturbs_no_other() -> None:
+    """Socket queues are consumed without acks: a subscription that never acks still gets
+    more than any prefetch would let through (with acks it stalled at ``prefetch``), and one
+    closed with deliveries it never acked leaves its channel open for the others on it."""
     async with environment(history=False) as env:
         settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
         backend = DistributedBackend(settings)
@@ -249,15 +293,15 @@ async def test_closing_with_unacked_deliveries_keeps_acks_batched() -> None:
             await broker.publish("user.ack0", "never acked")
             assert [n.data for n in await abandoned.receive()] == ["never acked"]
             await abandoned.close()  # without ack
+            count = 300  # more than the 256 a socket got unacked when its queue was consumed with acks
+            assert count < settings.socket_queue_size
+            await asyncio.gather(*(broker.publish(f"user.ack{CHANNEL_POOL}", i) for i in range(count)))
             received: list[Any] = []
-            for i in range(50):
-                await broker.publish(f"user.ack{CHANNEL_POOL}", i)
-                while len(received) <= i:
-                    received += [n.data for n in await busy.receive()]
-                    busy.ack()
-            assert received == list(range(50))
-            await wait_for(lambda: not slot._outstanding and not slot._acked, what="the channel's acks to drain")
-            assert slot.generation == generation  # no ack closed the channel (unknown delivery tag)
+            async with asyncio.timeout(30):
+                while len(received) < count:
+                    received += [n.data for n in await busy.receive()]  # never acked
+            assert sorted(received) == list(range(count))
+            assert slot.generation == generation  # the channel was never closed under them
             for subscription in subscriptions[1:]:
                 await subscription.close()
         finally:

@@ -1,11 +1,17 @@
-"""A socket's live queue on a pooled channel, and the channel's acknowledgements.
+"""A socket's live queue on a pooled channel.
 
 The live path is described in ``hub.backends.rabbitmq`` (which creates these). Each
 subscription declares an exclusive, auto-delete queue with a fresh name, bound to its
-topics and consumed on one of the broker's pooled channels (``ChannelSlot``); the slot
-coalesces the acks of every subscription on its channel. After the channel reopens, the
-broker suspends each subscription until its queue is declared again (``restored``: the
-session back-fills the gap) or its deadline passes (``lose``: the session closes 1013).
+topics and consumed on one of the broker's pooled channels (``ChannelSlot``), without
+acknowledgements (``no_ack``): the queue dies with the hub's connection or channel, so an
+ack would buy no durability, only flow control, and the hub's own bound replaces that.
+RabbitMQ pushes each delivery as it comes; the subscription buffers it until the session
+takes it, and past ``socket_queue_size`` waiting it overflows (the session closes 1013 and
+the client catches up from history), as the embedded backend's buffer does.
+
+After the channel reopens, the broker suspends each subscription until its queue is
+declared again (``restored``: the session back-fills the gap) or its deadline passes
+(``lose``: the session closes 1013).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -38,18 +43,11 @@ class QueueOwner(Protocol):
     bind_exchange: str  # where the queue binds its topics
     overflow_queue: str  # where the queue dead-letters what it drops
     dropped: int  # unreadable live messages, counted
+    overflows: int  # subscriptions that overflowed, counted
 
 
 class ChannelSlot:
-    """One pooled channel and the acknowledgements of its deliveries.
-
-    Delivery tags are per channel and ``multiple=True`` acks every earlier tag of the
-    channel, whoever consumed it; so acks are coalesced here: the longest run of done
-    tags at the head goes in one multiple ack, the others one by one. Every delivered tag
-    must be settled (``ack``) once, by its subscription or when it closes: one tag left
-    unsettled would hold the head forever, keep every later tag of the channel in memory
-    and turn every later ack into a single one.
-    """
+    """One pooled channel and the subscriptions consuming on it (by queue name)."""
 
     def __init__(self, channel: AbstractRobustChannel) -> None:
         self.robust = channel
@@ -58,53 +56,11 @@ class ChannelSlot:
         self.subscriptions: dict[str, AmqpSubscription] = {}
         self.restorer: asyncio.Task[None] | None = None
         self.answered = 0.0  # loop time of the channel's last answered declare: it is alive
-        self._outstanding: deque[int] = deque()
-        self._done: set[int] = set()
-        self._acked: set[int] = set()
-        self._flush_scheduled = False
 
     @property
     def usable(self) -> bool:
         """The slot's current channel is open (a subscribe may use it)."""
         return self.underlay is not None and not self.underlay.is_closed
-
-    def delivered(self, tag: int) -> None:
-        self._outstanding.append(tag)
-
-    def ack(self, tags: list[int], generation: int) -> None:
-        if generation != self.generation:
-            return  # deliveries of a channel that is gone: the broker requeued them already
-        self._done.update(tags)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            # One task per loop turn acks what every subscription of the channel finished.
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        self._flush_scheduled = False
-        channel = self.underlay
-        if channel is None or channel.is_closed:
-            return
-        head: int | None = None
-        outstanding, done, acked = self._outstanding, self._done, self._acked
-        while outstanding and (outstanding[0] in done or outstanding[0] in acked):
-            tag = outstanding.popleft()
-            if tag in done:
-                done.discard(tag)
-                head = tag
-            else:
-                acked.discard(tag)
-        singles = list(done)
-        acked.update(singles)
-        done.clear()
-        try:
-            # wait=False: the frames are queued for the writer; acks have no reply.
-            if head is not None:
-                await channel.basic_ack(head, multiple=True, wait=False)
-            for tag in singles:
-                await channel.basic_ack(tag, wait=False)
-        except (aiormq.exceptions.AMQPError, RuntimeError):
-            log.debug("acks lost with their channel; the broker requeues those deliveries")
 
     async def progressing(self, work: asyncio.Task[None], seconds: float) -> None:
         """Wait for ``work`` until this channel has answered nothing for ``seconds`` (since
@@ -128,9 +84,6 @@ class ChannelSlot:
     def reset(self, underlay: aiormq.abc.AbstractChannel) -> None:
         self.underlay = underlay
         self.generation += 1
-        self._outstanding.clear()
-        self._done.clear()
-        self._acked.clear()
 
 
 class AmqpSubscription:
@@ -149,8 +102,7 @@ class AmqpSubscription:
         self.queue = ""  # named by each ``declare``
         self._parse = parse
         self._buffer: list[Notification] = []
-        self._tags: list[int] = []
-        self._unacked: list[int] = []
+        self._bound = broker.settings.socket_queue_size
         self._generation = slot.generation
         self._consuming_on: aiormq.abc.AbstractChannel | None = None
         self._ready = asyncio.Event()
@@ -194,48 +146,50 @@ class AmqpSubscription:
         await channel.queue_declare(queue, exclusive=True, auto_delete=True, arguments=arguments, nowait=True)
         for topic in self.topics:
             await channel.queue_bind(queue, self._broker.bind_exchange, routing_key=topic, nowait=True)
-        await channel.basic_consume(queue, self._on_message, consumer_tag=queue)
+        # no_ack: the queue dies with this channel, so an ack would keep nothing safe (module doc).
+        await channel.basic_consume(queue, self._on_message, consumer_tag=queue, no_ack=True)
         self._consuming_on = channel
         slot.answered = asyncio.get_running_loop().time()
         if self.closed:
             await self._cancel(channel)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
-        tag = message.delivery_tag
-        assert tag is not None
-        slot = self._slot
-        slot.delivered(tag)
-        if self.closed:  # delivered before the broker took the cancel: the queue goes anyway
-            slot.ack([tag], slot.generation)
+        if self.closed or self._overflowed:  # the socket is going: nothing more is kept for it
             return
         try:
             notification = self._parse(message)
         except Exception as exc:  # never let one bad body stop a socket; it is counted and dropped
             log.warning("dropping an unreadable live message on %s: %s", self.queue, exc)
             self._broker.dropped += 1
-            slot.ack([tag], slot.generation)
             return
-        self._buffer.append(notification)
-        self._tags.append(tag)
+        buffer = self._buffer
+        if len(buffer) >= self._bound:
+            # The session has not taken ``socket_queue_size`` deliveries: the socket (or its
+            # back-fill) is that far behind. Dropped, not kept: it is closed with 1013.
+            self._broker.overflows += 1
+            self.overflow()
+            return
+        buffer.append(notification)
         self._ready.set()
 
     def overflow(self) -> None:
+        """The socket fell behind its bound: the next ``receive`` raises SubscriptionOverflow."""
         self._overflowed = True
+        self._buffer = []
         self._ready.set()
 
     def suspend(self, deadline: float) -> None:
         """The channel is back but this queue is not yet: hold ``receive`` until ``restored``,
         or until ``deadline`` (loop time) passes and the restorer gives it up (``lose``).
 
-        The old channel's delivery tags die with it (the broker requeued or dropped those
-        messages), so they are forgotten here, before the new channel delivers anything.
+        What the old queue delivered and the session has not taken yet is still handed out
+        (each delivery is a notification the socket did not get); what it still held is
+        gone with it and is back-filled from history after ``restored``.
         """
         self.restoring = True
         if self.restore_by is None:
             self.restore_by = deadline
         self._consuming_on = None
-        self._tags.clear()
-        self._unacked.clear()
 
     def restored(self) -> None:
         """The queue is declared, bound and consumed again: messages published while it was
@@ -275,14 +229,10 @@ class AmqpSubscription:
             self._ready.clear()
             await self._ready.wait()
         batch, self._buffer = self._buffer, []
-        self._unacked += self._tags
-        self._tags = []
         return batch
 
     def ack(self) -> None:
-        if self._unacked:
-            self._slot.ack(self._unacked, self._generation)
-            self._unacked = []
+        """Nothing to do: deliveries are unacknowledged (``no_ack``), gone from RabbitMQ once sent."""
 
     def abandon(self) -> None:
         """Close without waiting for the broker: what ``close`` does, the cancel left to
@@ -291,12 +241,7 @@ class AmqpSubscription:
             return
         self.closed = True
         self._slot.subscriptions.pop(self.queue, None)
-        # Deliveries handed out or buffered but never acked are acked now: this queue is
-        # deleted anyway, and an unsettled tag would block the slot's multiple acks.
-        leftover = self._unacked + self._tags
-        self._unacked, self._tags, self._buffer = [], [], []
-        if leftover:
-            self._slot.ack(leftover, self._generation)
+        self._buffer = []
 
     async def close(self) -> None:
         if self.closed:

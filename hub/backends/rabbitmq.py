@@ -1,10 +1,12 @@
 """RabbitMQ: the topology and the live path (docs/protocol.md §4, §5).
 
 Each subscription (one socket) gets an exclusive, auto-delete queue bound to its topics
-on ``notifications.live`` (or on ``notifications`` when history is off), bounded by
-``x-max-length`` with ``x-overflow: drop-head``. Dropped messages are dead-lettered
-through the default exchange to this replica's overflow queue, whose consumer marks the
-subscription overflowed: that is how a socket learns it fell behind.
+on ``notifications.live`` (or on ``notifications`` when history is off), consumed without
+acks: the subscription's own buffer, bounded by ``socket_queue_size``, is where a socket
+that falls behind is noticed (``hub.backends.live_queues``). The queue is bounded too, by
+``x-max-length`` with ``x-overflow: drop-head``, for when this replica reads its
+connection too slowly: dropped messages are dead-lettered through the default exchange
+to this replica's overflow queue, whose consumer marks the subscription overflowed.
 
 Cost per connect is one round trip: the queue declare and the binds are sent with
 ``nowait`` and the ``basic.consume`` that follows on the same channel is answered only
@@ -96,8 +98,8 @@ class LiveBroker:
         self._confirming = ConfirmingExchange(self._open_exchange)
         await self._confirming.start()
         for _ in range(CHANNEL_POOL):
+            # No basic.qos: socket queues are consumed without acks (live_queues), prefetch is moot.
             robust: AbstractRobustChannel = await self._connection.channel(publisher_confirms=False)
-            await robust.set_qos(prefetch_count=self.settings.prefetch)
             slot = ChannelSlot(robust)
             slot.reset(await robust.get_underlay_channel())
             robust.reopen_callbacks.add(self._reopened(slot))
