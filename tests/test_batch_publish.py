@@ -62,9 +62,8 @@ async def test_a_batch_is_confirmed_and_arrives_in_order_with_its_properties(cha
     bodies = [f'{{"n":{n}}}'.encode() * (1 + n % 5000) for n in range(0, 20_000, 97)]  # some span frames
     publisher = BatchPublisher("", wire.LIVE_PROPERTIES)
     before = channel.delivery_tag
-    confirms = await publisher.publish(channel, [(queue, body) for body in bodies])
-    results = await asyncio.wait_for(asyncio.gather(*confirms), 30)
-    assert all(isinstance(r, Basic.Ack) for r in results)
+    confirmed = await publisher.publish(channel, [(queue, body) for body in bodies])
+    await asyncio.wait_for(confirmed, 30)
     assert channel.delivery_tag == before + len(bodies)
     assert not channel.confirmations  # every tag settled, none left behind
     got = []
@@ -84,14 +83,32 @@ async def test_it_shares_delivery_tags_with_basic_publish(channel: aiormq.Channe
     first = channel.basic_publish(b"alone", routing_key=queue)
     batch = await publisher.publish(channel, [(queue, b"a"), (queue, b"b")])
     last = channel.basic_publish(b"after", routing_key=queue)
-    results = await asyncio.wait_for(asyncio.gather(first, *batch, last), 10)
-    assert [type(r) for r in results] == [Basic.Ack] * 4
+    results = await asyncio.wait_for(asyncio.gather(first, batch, last), 10)
+    assert [type(r) for r in results] == [Basic.Ack, type(None), Basic.Ack]
+    assert not channel.confirmations
+    empty = await publisher.publish(channel, [])
+    assert empty.done()
 
 
 async def test_a_channel_closed_by_the_broker_fails_every_confirm(channel: aiormq.Channel) -> None:
     publisher = BatchPublisher("no-such-exchange-here", wire.LIVE_PROPERTIES)
-    confirms = await publisher.publish(channel, [("k", b"1"), ("k", b"2"), ("k", b"3")])
-    outcomes = await asyncio.wait_for(asyncio.gather(*confirms, return_exceptions=True), 10)
-    assert all(isinstance(o, aiormq.exceptions.AMQPError | ConnectionError) for o in outcomes), outcomes
+    confirmed = await publisher.publish(channel, [("k", b"1"), ("k", b"2"), ("k", b"3")])
+    with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+        await asyncio.wait_for(confirmed, 10)
     with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
         await publisher.publish(channel, [("k", b"4")])
+
+
+async def test_a_nack_fails_the_batch(channel: aiormq.Channel) -> None:
+    declared = await channel.queue_declare(
+        exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    queue = declared.queue
+    assert queue is not None
+    publisher = BatchPublisher("", wire.LIVE_PROPERTIES)
+    confirmed = await publisher.publish(channel, [(queue, b"fits"), (queue, b"refused"), (queue, b"refused too")])
+    with pytest.raises(aiormq.exceptions.DeliveryError):
+        await asyncio.wait_for(confirmed, 10)
+    again = await publisher.publish(channel, [(queue, b"still full")])  # the channel stays usable
+    with pytest.raises(aiormq.exceptions.DeliveryError):
+        await asyncio.wait_for(again, 10)

@@ -11,9 +11,10 @@ profile of the distributed hub under load put that at ~12 % of the hub process
 item and no task: the frames are built here (the method frame from the exchange and
 routing key, the content header from properties marshalled once, the body split at the
 connection's ``frame_max``), byte for byte what pamqp builds (tests/test_batch_publish.py),
-and each message gets the confirmation future aiormq's reader settles by delivery tag
-(``Channel.confirmations``): an ack resolves it, a nack raises ``DeliveryError``, a
-closing channel rejects it (the channel's future store), exactly as with ``basic_publish``.
+and the batch gets one confirmation future, settled through the per-message stand-ins aiormq's
+reader finds by delivery tag (``Channel.confirmations``): it resolves once every message
+is acked, raises ``DeliveryError`` at a nack, and is rejected when the channel closes
+(the channel's future store), as ``basic_publish``'s futures are.
 Messages carry no ``message_id`` (nothing reads one on the live hop).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import aiormq
 from aiormq.abc import ChannelFrame
@@ -77,33 +78,72 @@ class BatchPublisher:
                 add(_END)
         return b"".join(parts)
 
-    async def publish(
-        self, channel: aiormq.Channel, messages: Sequence[tuple[str, bytes]]
-    ) -> list[asyncio.Future[object]]:
+    async def publish(self, channel: aiormq.Channel, messages: Sequence[tuple[str, bytes]]) -> asyncio.Future[None]:
         """Write ``messages`` (``(routing_key, body)``, in this order) on ``channel``, which must
-        have publisher confirms; return their confirmation futures, in the same order.
+        have publisher confirms; return one future for their confirms.
 
         Returns once the frames are queued for the connection's writer (nothing is published
-        if this raises: the channel closed, or a routing key too long). Each future resolves
-        when the broker acks its message and raises ``DeliveryError`` on a nack or the
-        channel's close error when it closes first. The caller must await them (or let them
-        go: aiormq retrieves their exceptions).
+        if this raises: the channel closed, or a routing key too long). The future resolves
+        once the broker acked every message; it raises ``DeliveryError`` at the first nack,
+        or the channel's close error when the channel closes first (the channel's future
+        store rejects it). Await it, or let it go (aiormq retrieves its exception).
         """
         if not channel.publisher_confirms:
             raise ValueError(f"expected a channel with publisher confirms, got {channel!r}")
-        if not messages:
-            return []
         async with channel.lock:  # raises ChannelInvalidStateError when the channel is closed
             payload = self.frames(channel.number, channel.max_content_size, messages)
+            batch = _Batch(channel.create_future(), len(messages))
+            if not messages:
+                batch.future.set_result(None)
+                return batch.future
             # The writer's queue is bounded: this may wait. Nothing is registered before the
             # frames are queued, so a cancellation here publishes nothing and leaks nothing.
-            await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
-            futures: list[asyncio.Future[object]] = []
+            try:
+                await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+            except BaseException:
+                batch.future.cancel()
+                raise
+            confirmations: dict[int, Any] = channel.confirmations
             tag = channel.delivery_tag
             for _ in messages:  # no await from the put to here: no confirm can come first
                 tag += 1
-                future = channel.create_future()
-                channel.confirmations[tag] = future
-                futures.append(future)
+                confirmations[tag] = _Tag(batch)
             channel.delivery_tag = tag
-        return futures
+        return batch.future
+
+
+class _Batch:
+    """The confirms of one batch: its future resolves when every message is acked."""
+
+    __slots__ = ("future", "left")
+
+    def __init__(self, future: asyncio.Future[None], left: int) -> None:
+        self.future = future
+        self.left = left
+
+
+class _Tag:
+    """One message of a batch in aiormq's ``Channel.confirmations``, where its reader settles
+    it as it would a future (``done``, ``set_result``, ``set_exception``): one small object
+    per message instead of a future registered in the channel's and connection's stores."""
+
+    __slots__ = ("_batch", "_done")
+
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, frame: object) -> None:  # an ack
+        self._done = True
+        batch = self._batch
+        batch.left -= 1
+        if batch.left == 0 and not batch.future.done():
+            batch.future.set_result(None)
+
+    def set_exception(self, exc: BaseException) -> None:  # a nack: the batch fails at once
+        self._done = True
+        if not self._batch.future.done():
+            self._batch.future.set_exception(exc)

@@ -347,8 +347,8 @@ class Sequencer:
             (p.topic, wire.json_frame(p.id, p.topic, offset, p.ts, p.data_json).encode())
             for p, (offset, _) in zip(publishes, results, strict=True)
         ]
-        # One write for the batch, one confirmation future per message (no task, no lock each).
-        confirms: list[Awaitable[object]] = list(await self._live.publish(live, frames))
+        # One write and one confirmation future for the batch (no task, lock or future each).
+        confirms: list[Awaitable[object]] = [await self._live.publish(live, frames)]
         confirms += [self._dead_letter(live, message, kind, text) for message, kind, text in dead]
         await asyncio.gather(*confirms)
         await batch[-1].channel.basic_ack(_tag(batch[-1]), multiple=True)
