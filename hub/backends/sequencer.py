@@ -3,11 +3,12 @@
 One replica at a time consumes the ingest queue (single active consumer); when it dies
 RabbitMQ hands the queue, unacknowledged messages first, to another. Work goes in
 batches: whatever is buffered (at most ``PREFETCH`` messages) is read, appended in one
-Redis script call, published live with every confirm awaited together, and acked with
-one ``multiple`` ack. Nothing is acked before its live publish is confirmed, so a crash
-anywhere means redelivery; redelivered ids are already in the stream and keep their
-offset, and are published live again (sessions drop offsets they already sent),
-because the crash may have come between the append and the live publish.
+Redis script call, published live in one write with one future for all its confirms
+(``hub.backends.batch_publish``), and acked with one ``multiple`` ack. Nothing is acked
+before its live publish is confirmed, so a crash anywhere means redelivery; redelivered
+ids are already in the stream and keep their offset, and are published live again
+(sessions drop offsets they already sent), because the crash may have come between the
+append and the live publish.
 
 Poison-proof: each message is read on its own (``hub.wire.read_publish``), and one the
 hub cannot take goes to ``hub.dead`` with an ``x-hub-reason`` (``<kind>: <text>``)
