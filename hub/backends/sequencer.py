@@ -3,11 +3,12 @@
 One replica at a time consumes the ingest queue (single active consumer); when it dies
 RabbitMQ hands the queue, unacknowledged messages first, to another. Work goes in
 batches: whatever is buffered (at most ``PREFETCH`` messages) is read, appended in one
-Redis script call, published live with every confirm awaited together, and acked with
-one ``multiple`` ack. Nothing is acked before its live publish is confirmed, so a crash
-anywhere means redelivery; redelivered ids are already in the stream and keep their
-offset, and are published live again (sessions drop offsets they already sent),
-because the crash may have come between the append and the live publish.
+Redis script call, published live in one write with one future for all its confirms
+(``hub.backends.batch_publish``), and acked with one ``multiple`` ack. Nothing is acked
+before its live publish is confirmed, so a crash anywhere means redelivery; redelivered
+ids are already in the stream and keep their offset, and are published live again
+(sessions drop offsets they already sent), because the crash may have come between the
+append and the live publish.
 
 Poison-proof: each message is read on its own (``hub.wire.read_publish``), and one the
 hub cannot take goes to ``hub.dead`` with an ``x-hub-reason`` (``<kind>: <text>``)
@@ -45,6 +46,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import wire
+from hub.backends.batch_publish import BatchPublisher
 from hub.backends.redis_client import CLUSTER_AWAY
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from hub.backends.topology import declare_ingest
@@ -129,6 +131,7 @@ class Sequencer:
         self._sweeping = asyncio.Lock()
         self._watching: asyncio.Task[None] | None = None
         self._careful = 0
+        self._live = BatchPublisher(settings.live_exchange, wire.LIVE_PROPERTIES)
         self.stats = SequencerStats()
         self.redis_error: str | None = None
 
@@ -341,16 +344,12 @@ class Sequencer:
         assert self._channel is not None
         live = await self._channel.get_underlay_channel()
         assert isinstance(live, aiormq.Channel), f"expected an aiormq Channel, got {type(live).__name__}"
-        confirms: list[Awaitable[object]] = [
-            live.basic_publish(
-                wire.json_frame(p.id, p.topic, offset, p.ts, p.data_json).encode(),
-                exchange=self._settings.live_exchange,
-                routing_key=p.topic,
-                properties=wire.LIVE_PROPERTIES,
-                wait=False,  # the confirm is awaited, not the write: a batch's frames go out together
-            )
+        frames = [
+            (p.topic, wire.json_frame(p.id, p.topic, offset, p.ts, p.data_json).encode())
             for p, (offset, _) in zip(publishes, results, strict=True)
         ]
+        # One write and one confirmation future for the batch (no task, lock or future each).
+        confirms: list[Awaitable[object]] = [await self._live.publish(live, frames)]
         confirms += [self._dead_letter(live, message, kind, text) for message, kind, text in dead]
         await asyncio.gather(*confirms)
         await batch[-1].channel.basic_ack(_tag(batch[-1]), multiple=True)
