@@ -151,9 +151,11 @@ def _profiler(name: str, pid: int) -> subprocess.Popen[bytes] | None:
     runs beside the target, not inside its process group, so its own CPU is not the target's.
     """
     out = os.environ.get("BENCH_PYSPY")
-    spy = Path(sys.executable).parent / "py-spy"
-    if not out or not spy.exists():
+    if not out:
         return None
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        raise SystemExit(f"BENCH_PYSPY is set but {spy} is missing: {Path(sys.executable).parent}/pip install py-spy")
     Path(out).mkdir(parents=True, exist_ok=True)
     dest = Path(out) / f"{name}-{time.strftime('%H%M%S')}.txt"
     argv = [str(spy), "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(dest), "-p", str(pid)]

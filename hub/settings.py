@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -21,8 +22,16 @@ from hub.topics import InvalidTopic, validate_topic
 from hubnotify.message import EXCHANGE
 from hubnotify.presence import DEFAULT_PREFIX
 
+log = logging.getLogger("hub.settings")
+
 DEV_JWT_SECRET = "dev-insecure-secret-change-me-before-production"
 DEV_API_KEY = "dev-insecure-api-key"
+
+
+#: Variables an earlier version read, and why they are ignored now (a warning when set).
+RETIRED: Final = {
+    "HUB_PREFETCH": "socket queues are consumed without acknowledgements; HUB_SOCKET_QUEUE_SIZE bounds a socket",
+}
 
 
 class ConfigError(ValueError):
@@ -229,6 +238,9 @@ class Settings:
         CLI's client commands pass ``serving=False``: they check only what they use.
         """
         env = os.environ if environ is None else environ
+        for name, why in RETIRED.items():
+            if env.get(name):
+                log.warning("%s is no longer used and is ignored: %s", name, why)
         values: dict[str, Any] = {}
         for f in documented_fields():
             raw = env.get(env_name(f.name))

@@ -266,3 +266,9 @@ def test_cli_serve_refuses_development_credentials_on_a_public_address() -> None
     assert result.returncode == 2
     assert "loopback" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_retired_variable_is_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings.from_env({"HUB_PREFETCH": "64"})
+    assert settings == Settings.from_env({})
+    assert "HUB_PREFETCH is no longer used" in caplog.text

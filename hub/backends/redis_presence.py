@@ -146,9 +146,13 @@ class RedisPresence:
         task, self._task = self._task, None
         if task is not None:
             self._stopping.set()
-            await task
-            await self._drop(self.replica)
+            await task  # ends within one heartbeat's deadline
             self._local.clear()
+            try:
+                async with deadline("presence leave", 2 * self._timeout):
+                    await self._drop(self.replica)
+            except BackendUnavailable as exc:  # the lease runs out by itself, then the replica is reaped
+                log.warning("presence of %s not removed at close: %s", self.replica, exc)
 
     # ------------------------------------------------------------------ the seam
 
@@ -253,16 +257,19 @@ class RedisPresence:
             await self._fire(_text(user), False)
 
     async def _beat(self) -> None:
-        """Renew the lease every ``ttl / 4`` s and reap; survive Redis outages (logged)."""
+        """Renew the lease every ``ttl / 4`` s and reap; survive Redis outages (logged). Each
+        heartbeat has a deadline, so a stalled Redis can neither stop the beat nor hold ``close``."""
+        limit = max(self._interval, 2 * self._timeout)
         while not self._stopping.is_set():
             try:
-                alive = await self._heartbeat(keys=[self._replicas_key], args=[self.replica, self._lease_ms])
-                if not alive:
-                    await self._reregister()
-                if self._reconcile:
-                    await self.reconcile()
-                    self._reconcile -= 1
-                await self.sweep()
+                async with deadline("presence heartbeat", limit):
+                    alive = await self._heartbeat(keys=[self._replicas_key], args=[self.replica, self._lease_ms])
+                    if not alive:
+                        await self._reregister()
+                    if self._reconcile:
+                        await self.reconcile()
+                        self._reconcile -= 1
+                    await self.sweep()
             except Exception:  # Redis down or slow: keep trying, the lease says the truth
                 log.exception("presence heartbeat of %s failed", self.replica)
             with contextlib.suppress(TimeoutError):
