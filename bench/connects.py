@@ -81,7 +81,18 @@ def profiled(pids: list[int], out: Path | None) -> Iterator[None]:
     if out is None or not pids:
         yield
         return
-    argv = ["py-spy", "record", "--pid", str(pids[0]), "--format", "raw", "--rate", "200", "--nonblocking"]
+    # the one installed beside this Python (the virtualenv's), not whatever PATH finds
+    argv = [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pids[0]),
+        "--format",
+        "raw",
+        "--rate",
+        "200",
+        "--nonblocking",
+    ]
     spy = subprocess.Popen([*argv, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1)  # attached before the first connect
