@@ -7,10 +7,12 @@ killing a real ``hub serve`` process; waits are conditions with deadlines, never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -36,6 +38,19 @@ async def publish_range(env: dict[str, str], user: str, start: int, stop: int, c
         for first in range(start, stop, chunk):
             items = [{"user": user, "data": i, "id": f"m-{i}"} for i in range(first, min(stop, first + chunk))]
             await publisher.publish_many(items)
+
+
+@contextlib.asynccontextmanager
+async def started_backend() -> AsyncIterator[tuple[dict[str, str], Settings, DistributedBackend]]:
+    """A started distributed backend with history off, on a fresh vhost; closed afterwards."""
+    async with environment(history=False) as env:
+        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
+        backend = DistributedBackend(settings)
+        await backend.start()
+        try:
+            yield env, settings, backend
+        finally:
+            await backend.close()
 
 
 def assert_exact(frames: list[dict[str, Any]], expected: range) -> None:
@@ -171,30 +186,24 @@ async def test_what_a_socket_queue_drops_overflows_its_socket() -> None:
     naming the queue, to the replica's overflow queue, whose consumer overflows the
     subscription. Consumed without acks, a socket queue fills only while the replica does
     not read its connection, so the dead-letter RabbitMQ would write is published here."""
-    async with environment(history=False) as env:
-        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
-        backend = DistributedBackend(settings)
-        await backend.start()
-        try:
-            broker = backend.broker
-            dropping = await broker.subscribe(["user.dl1"])
-            other = await broker.subscribe(["user.dl2"])
-            death = {"queue": dropping.queue, "reason": "maxlen", "count": 1, "exchange": settings.exchange}
-            async with await aio_pika.connect(env["HUB_AMQP_URL"]) as connection:
-                channel = await connection.channel()
-                message = aio_pika.Message(b"dropped", headers={"x-death": [death]})
-                await channel.default_exchange.publish(message, routing_key=broker.overflow_queue)
-            with pytest.raises(SubscriptionOverflow):
-                async with asyncio.timeout(10):
-                    await dropping.receive()
-            assert broker.overflows == 1
-            await broker.publish("user.dl2", "still served")
+    async with started_backend() as (env, settings, backend):
+        broker = backend.broker
+        dropping = await broker.subscribe(["user.dl1"])
+        other = await broker.subscribe(["user.dl2"])
+        death = {"queue": dropping.queue, "reason": "maxlen", "count": 1, "exchange": settings.exchange}
+        async with await aio_pika.connect(env["HUB_AMQP_URL"]) as connection:
+            channel = await connection.channel()
+            message = aio_pika.Message(b"dropped", headers={"x-death": [death]})
+            await channel.default_exchange.publish(message, routing_key=broker.overflow_queue)
+        with pytest.raises(SubscriptionOverflow):
             async with asyncio.timeout(10):
-                assert [n.data for n in await other.receive()] == ["still served"]
-            await dropping.close()
-            await other.close()
-        finally:
-            await backend.close()
+                await dropping.receive()
+        assert broker.overflows == 1
+        await broker.publish("user.dl2", "still served")
+        async with asyncio.timeout(10):
+            assert [n.data for n in await other.receive()] == ["still served"]
+        await dropping.close()
+        await other.close()
 
 
 async def test_one_user_on_two_replicas() -> None:
@@ -278,31 +287,25 @@ async def test_live_deliveries_need_no_ack_and_a_closed_queue_disturbs_no_other(
     """Socket queues are consumed without acks: a subscription that never acks still gets
     more than any prefetch would let through (with acks it stalled at ``prefetch``), and one
     closed with deliveries it never acked leaves its channel open for the others on it."""
-    async with environment(history=False) as env:
-        settings = Settings.from_env({**env, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY})
-        backend = DistributedBackend(settings)
-        await backend.start()
-        try:
-            broker = backend.broker
-            # Subscriptions take the pooled channels in turn: the first and the last share one.
-            subscriptions = [await broker.subscribe([f"user.ack{i}"]) for i in range(CHANNEL_POOL + 1)]
-            abandoned, busy = subscriptions[0], subscriptions[-1]
-            slot = abandoned._slot
-            assert busy._slot is slot
-            generation = slot.generation
-            await broker.publish("user.ack0", "never acked")
-            assert [n.data for n in await abandoned.receive()] == ["never acked"]
-            await abandoned.close()  # without ack
-            count = 300  # more than the 256 a socket got unacked when its queue was consumed with acks
-            assert count < settings.socket_queue_size
-            await asyncio.gather(*(broker.publish(f"user.ack{CHANNEL_POOL}", i) for i in range(count)))
-            received: list[Any] = []
-            async with asyncio.timeout(30):
-                while len(received) < count:
-                    received += [n.data for n in await busy.receive()]  # never acked
-            assert sorted(received) == list(range(count))
-            assert slot.generation == generation  # the channel was never closed under them
-            for subscription in subscriptions[1:]:
-                await subscription.close()
-        finally:
-            await backend.close()
+    async with started_backend() as (_, settings, backend):
+        broker = backend.broker
+        # Subscriptions take the pooled channels in turn: the first and the last share one.
+        subscriptions = [await broker.subscribe([f"user.ack{i}"]) for i in range(CHANNEL_POOL + 1)]
+        abandoned, busy = subscriptions[0], subscriptions[-1]
+        slot = abandoned._slot
+        assert busy._slot is slot
+        generation = slot.generation
+        await broker.publish("user.ack0", "never acked")
+        assert [n.data for n in await abandoned.receive()] == ["never acked"]
+        await abandoned.close()  # without ack
+        count = 300  # more than the 256 a socket got unacked when its queue was consumed with acks
+        assert count < settings.socket_queue_size
+        await asyncio.gather(*(broker.publish(f"user.ack{CHANNEL_POOL}", i) for i in range(count)))
+        received: list[Any] = []
+        async with asyncio.timeout(30):
+            while len(received) < count:
+                received += [n.data for n in await busy.receive()]  # never acked
+        assert sorted(received) == list(range(count))
+        assert slot.generation == generation  # the channel was never closed under them
+        for subscription in subscriptions[1:]:
+            await subscription.close()
