@@ -46,6 +46,10 @@ async def test_an_urgent_notification_overtakes_the_backlog_of_an_outage(
 ) -> None:
     async with environment() as env:
         env["HUB_INGEST_MAX_PRIORITY"] = max_priority
+        # The restarted replica sequences the backlog before (and while) the client connects:
+        # history must hold all of it, so that the client's `since` recovers whatever went
+        # live before its socket was subscribed.
+        env["HUB_HISTORY_SIZE"] = str(2 * BACKLOG)
         async with run_hub("distributed", env=env) as hub:
             client = await hub.connect("alice")
             since = client.connected["offsets"]
@@ -60,6 +64,7 @@ async def test_an_urgent_notification_overtakes_the_backlog_of_an_outage(
         async with run_hub("distributed", env=env) as hub:
             started = time.monotonic()
             client = await hub.connect("alice", since=since)
+            assert client.connected["recovered"] is True
             frames: list[dict[str, Any]] = []
             urgent_after = None
             while len(frames) < BACKLOG + 1:
