@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from tests.harness import Client, RunningHub
+from tests.harness import Client, RunningHub, wait_for
 
 
 def data(frames: list[dict[str, Any]]) -> list[Any]:
@@ -45,6 +45,27 @@ class SteadyLoad:
         await asyncio.gather(*self._publishers)
         self._finished.set()
         await asyncio.wait_for(asyncio.gather(*self._receivers), 60)
+
+    async def delivered_past(self, mark: dict[str, int], more: int = 10) -> None:
+        """Wait (90 s at most) until every user got ``more`` notifications beyond ``mark``
+        (the ``published`` counts taken at a fault): live delivery goes on."""
+        await wait_for(
+            lambda: all(len(self.frames[u]) >= mark[u] + more for u in self.clients),
+            timeout=90,
+            what="live delivery after the failover",
+        )
+
+    async def exact_then_resumed(self, user: str, middle: int) -> bool:
+        """After ``stop``: assert ``user`` got every notification live, once and in order;
+        then a client resuming after frame ``middle`` gets the rest exactly, or is told
+        ``recovered: false``. Returns ``recovered``."""
+        got = data(self.frames[user])
+        assert got == list(range(self.published[user])), user  # nothing lost, duplicated, reordered live
+        again = await self.hub.connect(user, since={f"user.{user}": self.frames[user][middle]["offset"]})
+        recovered = bool(again.connected["recovered"])
+        if recovered:
+            assert data(await again.notifications(len(got) - middle - 1)) == got[middle + 1 :], user
+        return recovered
 
     async def _steady(self, user: str) -> None:
         while not self._stop.is_set():
