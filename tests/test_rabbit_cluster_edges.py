@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -22,22 +24,34 @@ from hubnotify import Publisher
 from hubnotify.failover import split_urls
 from testkit.net import free_port
 from tests.distributed_env import environment
-from tests.harness import run_hub, wait_for
-from tests.tcp_proxy import proxied, via
+from tests.harness import RunningHub, run_hub, wait_for
+from tests.tcp_proxy import TcpProxy, proxied, via
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-async def test_sockets_close_with_1013_while_no_broker_answers() -> None:
+@contextlib.asynccontextmanager
+async def hub_behind_a_proxy(*, outage_close: int) -> AsyncIterator[tuple[dict[str, str], TcpProxy, RunningHub]]:
+    """A replica whose RabbitMQ connection goes through a proxy the test can cut, with
+    ``HUB_BROKER_OUTAGE_CLOSE=outage_close`` and a 1 s backend deadline."""
     async with (
         environment() as env,
         proxied(env["HUB_AMQP_URL"]) as proxy,
         run_hub(
             "distributed",
-            env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port), "HUB_BROKER_OUTAGE_CLOSE": "2"},
+            env={
+                **env,
+                "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port),
+                "HUB_BROKER_OUTAGE_CLOSE": str(outage_close),
+            },
             backend_timeout=1.0,
         ) as hub,
     ):
+        yield env, proxy, hub
+
+
+async def test_sockets_close_with_1013_while_no_broker_answers() -> None:
+    async with hub_behind_a_proxy(outage_close=2) as (_, proxy, hub):
         backend: Any = hub.node.backend
         client = await hub.connect("outage1")
         proxy.cut()
@@ -58,15 +72,7 @@ async def test_sockets_close_with_1013_while_no_broker_answers() -> None:
 
 async def test_a_short_outage_keeps_the_sockets() -> None:
     """Within ``HUB_BROKER_OUTAGE_CLOSE`` the socket stays and is restored (no 1013)."""
-    async with (
-        environment() as env,
-        proxied(env["HUB_AMQP_URL"]) as proxy,
-        run_hub(
-            "distributed",
-            env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port), "HUB_BROKER_OUTAGE_CLOSE": "30"},
-            backend_timeout=1.0,
-        ) as hub,
-    ):
+    async with hub_behind_a_proxy(outage_close=30) as (_, proxy, hub):
         backend: Any = hub.node.backend
         client = await hub.connect("outage2")
         proxy.cut()
@@ -84,15 +90,7 @@ async def test_a_locked_queue_after_a_reconnect_closes_the_sockets_1013() -> Non
     """RESOURCE_LOCKED on the way back (on a cluster: a survivor still holds the dead node's
     exclusive queue): the restore is retried, the sockets are closed with 1013 once
     ``HUB_BROKER_OUTAGE_CLOSE`` passed, never left silent; once the lock goes, the hub serves."""
-    async with (
-        environment() as env,
-        proxied(env["HUB_AMQP_URL"]) as proxy,
-        run_hub(
-            "distributed",
-            env={**env, "HUB_AMQP_URL": via(env["HUB_AMQP_URL"], proxy.port), "HUB_BROKER_OUTAGE_CLOSE": "3"},
-            backend_timeout=1.0,
-        ) as hub,
-    ):
+    async with hub_behind_a_proxy(outage_close=3) as (env, proxy, hub):
         backend: Any = hub.node.backend
         client = await hub.connect("locked1")
         proxy.cut()
