@@ -2,8 +2,8 @@
 
 Socket queues are consumed without acks, so nothing but the subscription's own bound keeps
 a socket that stopped reading from holding every delivery in hub memory. The deliveries
-here are handed straight to ``_on_message`` (what aiormq does for each one), with a parse
-that reads them as they are.
+here are handed straight to ``_on_message`` (what the channel's reader does for each one,
+hub/backends/direct_dispatch.py), with a parse that reads them as they are.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def subscription() -> tuple[Owner, AmqpSubscription]:
 
 async def deliver(sub: AmqpSubscription, *messages: Any) -> None:
     for message in messages:
-        await sub._on_message(message)
+        sub._on_message(message)
 
 
 async def test_deliveries_come_out_in_order_and_ack_is_nothing_to_send() -> None:

@@ -26,6 +26,7 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 
+from hub.backends import direct_dispatch
 from hub.backends.base import SubscriptionGap, SubscriptionLost, SubscriptionOverflow
 from hub.notification import Notification
 from hub.settings import Settings
@@ -127,6 +128,7 @@ class AmqpSubscription:
             slot.reset(channel)
         previous = self.queue
         if self._consuming_on is channel and not channel.is_closed:
+            direct_dispatch.forget(channel, previous)
             await channel.basic_cancel(previous, nowait=True)  # never two consumers for one socket
         slot.subscriptions.pop(previous, None)
         self.queue = queue = f"hub.sock.{uuid.uuid4().hex}"
@@ -147,13 +149,14 @@ class AmqpSubscription:
         for topic in self.topics:
             await channel.queue_bind(queue, self._broker.bind_exchange, routing_key=topic, nowait=True)
         # no_ack: the queue dies with this channel, so an ack would keep nothing safe (module doc).
-        await channel.basic_consume(queue, self._on_message, consumer_tag=queue, no_ack=True)
+        await direct_dispatch.consume(channel, queue, self._on_message, consumer_tag=queue, no_ack=True)
         self._consuming_on = channel
         slot.answered = asyncio.get_running_loop().time()
         if self.closed:
             await self._cancel(channel)
 
-    async def _on_message(self, message: DeliveredMessage) -> None:
+    def _on_message(self, message: DeliveredMessage) -> None:
+        """A delivery, in the channel's reader task (``direct_dispatch``): kept, never awaited."""
         if self.closed or self._overflowed:  # the socket is going: nothing more is kept for it
             return
         try:
@@ -241,6 +244,8 @@ class AmqpSubscription:
             return
         self.closed = True
         self._slot.subscriptions.pop(self.queue, None)
+        if self._consuming_on is not None:
+            direct_dispatch.forget(self._consuming_on, self.queue)
         self._buffer = []
 
     async def close(self) -> None:
@@ -253,6 +258,7 @@ class AmqpSubscription:
             await self._cancel(channel)
 
     async def _cancel(self, channel: aiormq.abc.AbstractChannel) -> None:
+        direct_dispatch.forget(channel, self.queue)
         try:
             async with asyncio.timeout(self._broker.settings.backend_timeout):
                 await channel.basic_cancel(self.queue, nowait=True)

@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import wire
+from hub.backends import direct_dispatch
 from hub.backends.batch_publish import BatchPublisher
 from hub.backends.redis_client import CLUSTER_AWAY
 from hub.backends.redis_history import JSON_KIND, RedisHistory
@@ -123,6 +125,7 @@ class Sequencer:
         self._consuming: asyncio.Task[None] | None = None
         self._failures = 0
         self._channel: AbstractRobustChannel | None = None
+        self._consumer: tuple[aiormq.abc.AbstractChannel, str] | None = None  # (channel, tag)
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._newest: OrderedDict[str, str] = OrderedDict()  # topic → offset last appended
         self._check_lost = False  # Redis failed since: look for lost tails before appending
@@ -155,7 +158,11 @@ class Sequencer:
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._cancelled)
-        await underlay.basic_consume(self._queue, self._on_message)
+        if self._consumer is not None:  # a consumer the broker cancelled, or one on a closed channel
+            direct_dispatch.forget(*self._consumer)
+        tag = f"hub.sequencer.{uuid.uuid4().hex}"
+        self._consumer = (underlay, tag)
+        await direct_dispatch.consume(underlay, self._queue, self._on_message, consumer_tag=tag)
 
     async def _reopened(self, channel: Any) -> None:
         # In the background: aio-pika awaits this inside the connection's restore, and a
@@ -238,7 +245,8 @@ class Sequencer:
         """Messages delivered to this sequencer and not yet acknowledged (done or dead-lettered)."""
         return len(self._buffer)
 
-    async def _on_message(self, message: DeliveredMessage) -> None:
+    def _on_message(self, message: DeliveredMessage) -> None:
+        """A delivery, in the channel's reader task (``direct_dispatch``): buffered for ``_run``."""
         if self._draining:
             return  # left unacked: the channel's close gives it back (``stop``)
         self._buffer.append(message)
