@@ -4,11 +4,10 @@
 config file under the group's temporary directory. ``crash_primary`` kills the primary
 (SIGKILL) and returns once the Sentinels promoted the replica and all of them name it.
 
-Losing writes on purpose (``hold_replication``): ``CLIENT PAUSE WRITE`` on the replica
-holds back the replication stream it receives (the replica applies nothing more, the
-primary does not notice), and a promotion while it is held discards what was held. So
-"write, then fail over" deterministically loses exactly what was written meanwhile —
-what asynchronous replication may lose in a real failover.
+Losing writes on purpose: ``start(replica_via=port)`` makes the replica replicate through
+a proxy the test can stall (tests/test_sentinel_failover.py), so "stall, write, kill the
+primary" deterministically loses exactly what was written meanwhile — what asynchronous
+replication may lose in a real failover.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from testkit.rabbit_node import RabbitNode, start_nodes
 from testkit.services import REDIS_URL, drop_redis_keys, names
 from testkit.tokens import API_KEY, SECRET, make_token
 from testkit.waiting import wait_for
+from tests import test_cluster as lb
 from tests.test_rabbit_cluster import cluster_env, heal, run_kill
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -261,6 +262,60 @@ async def test_spread_a_killed_replica_and_a_joining_one(env: dict[str, str], tm
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
+
+
+async def test_kill_a_sequencing_replica_behind_the_lb(env: dict[str, str]) -> None:
+    """3 replicas behind HAProxy, 6 shards (2 each); clients connect and /api/publish posts
+    through the LB steadily. kill -9 the replica of the first user: its shards move to the
+    survivors, its clients reconnect through the LB and resume; every user gets every
+    notification once, in order."""
+    shards = 6
+    env = {**env, "HUB_INGEST_SHARDS": str(shards), "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": API_KEY}
+    async with lb.cluster.Cluster(3, env) as running:
+        d = lb.Deployment(running, env)
+        ports = {member.name: member.port for member in running.members}
+        await wait_for(lambda: _settled(ports, shards), timeout=60, what="6 shards spread over 3 replicas")
+        before = await _spread(ports)
+        users = [f"r{i}" for i in range(9)]
+        clients = await lb.start_clients(d, users)
+        victim = running.replica(clients[users[0]].replica)
+        publisher = lb.Publisher(d, users)
+        try:
+            publisher.start()
+            await wait_for(lambda: publisher.total >= lb.RATE, timeout=lb.LIMIT, what="publishing to start")
+            moved = [u for u, c in clients.items() if c.replica == victim.name]
+            connects = {u: len(clients[u].connects) for u in moved}
+            victim.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            survivors = {name: port for name, port in ports.items() if name != victim.name}
+            await wait_for(lambda: _settled(survivors, shards), timeout=30, what="the victim's shards to move")
+            shards_moved = time.monotonic() - killed
+            after = await _spread(survivors)
+            await wait_for(
+                lambda: all(len(clients[u].connects) > connects[u] and clients[u].connected.is_set() for u in moved),
+                timeout=lb.LIMIT,
+                what="the victim's clients to reconnect through the LB",
+            )
+            back = max(clients[u].connect_times[-1] for u in moved) - killed
+            marker = publisher.total + 2 * len(users)  # published after everyone is back
+            await wait_for(lambda: publisher.total >= marker, timeout=lb.LIMIT, what="publishing to go on")
+            await publisher.stop()
+            await lb.all_delivered(clients, publisher, 3 * lb.LIMIT)
+            lost, duplicated = lb.check_exactly_once(clients, publisher)
+            print(
+                f"\nkill -9 of sequencing replica {victim.name} (held {before[victim.name]}): clients "
+                f"{len(clients)} through the LB, moved {len(moved)}, back after {back:.2f} s, shards moved "
+                f"within {shards_moved:.1f} s to {after}, notifications {publisher.total}, publish retries "
+                f"{publisher.retries}, lost {lost}, duplicated {duplicated}"
+            )
+            assert (lost, duplicated) == (0, 0)
+            assert moved, "the victim served clients when it died"
+            assert before[victim.name], "the victim held shards when it died"
+        finally:
+            for client in clients.values():
+                await client.stop()
+            if publisher._task is not None and not publisher._task.done():
+                await publisher.stop()
 
 
 async def test_kill_the_node_leading_the_shard_queues(cluster: RabbitCluster) -> None:
