@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -168,6 +169,44 @@ async def test_nacked_live_publishes_make_the_sequencer_replace_its_channel(capl
         frames = await client.notifications(2, timeout=30)
         assert [f["id"] for f in frames] == ["live-1", "live-2"], frames
         await client.expect_silence(0.5)
+        await client.close()
+
+
+class SilentOnce:
+    """The sequencer's live BatchPublisher, except that its first batch is never written: no
+    confirm, neither ack nor nack, ever comes for it, as from a broker gone silent."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.swallowed = 0
+
+    async def publish(self, channel: Any, messages: Any) -> asyncio.Future[None]:
+        if not self.swallowed:
+            self.swallowed += 1
+            return asyncio.get_running_loop().create_future()
+        result: asyncio.Future[None] = await self.real.publish(channel, messages)
+        return result
+
+
+async def test_unconfirmed_live_publishes_make_the_sequencer_replace_its_channel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch whose live confirms never come does not hold the sequencer forever: after
+    CONFIRM_DEADLINES x backend_timeout it replaces its channel and the batch, redelivered,
+    goes out once."""
+    async with environment() as env, run_hub("distributed", env=env, backend_timeout=0.5) as hub:
+        sequencer: Any = hub.node.backend._sequencer  # type: ignore[attr-defined]
+        sequencer._live = silent = SilentOnce(sequencer._live)
+        client = await hub.connect("mute1")
+        await hub.publish("mute1", "held", id="mute-1")
+        frame = await client.recv(timeout=30)
+        assert (frame["id"], frame["data"]) == ("mute-1", "held"), frame
+        assert silent.swallowed == 1
+        assert "ConfirmTimeout" in caplog.text
+        await hub.publish("mute1", "after", id="mute-2")
+        [after] = await client.notifications(1, timeout=30)
+        assert after["id"] == "mute-2", after
+        await client.expect_silence(0.5)  # once each
         await client.close()
 
 

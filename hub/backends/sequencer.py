@@ -73,6 +73,15 @@ REDIS_AWAY: tuple[type[Exception], ...] = (
 MAX_COUNTED = 10_000
 #: A consume after a reconnect not answered within this many ``backend_timeout`` is tried again.
 CONSUME_DEADLINES = 3
+#: A batch's live publishes (and dead letters) unconfirmed after this many ``backend_timeout``:
+#: the channel is taken for stuck and replaced, and the batch comes back redelivered.
+CONFIRM_DEADLINES = 3
+
+
+class ConfirmTimeout(ConnectionError):
+    """The broker confirmed neither ack nor nack of a batch's publishes in time."""
+
+
 #: Seconds between checks that the Redis primary is still the one last swept (a failover).
 PRIMARY_WATCH = 0.5
 #: Topics whose newest offset is remembered to find lost history after a Redis failover
@@ -305,7 +314,7 @@ class Sequencer:
             await self._process(batch, dead)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, RedisError) as exc:
             log.warning("sequencer batch of %d not done, will try again: %r", len(batch), exc)
-            if isinstance(exc, aiormq.exceptions.DeliveryError):
+            if isinstance(exc, aiormq.exceptions.DeliveryError | ConfirmTimeout):
                 await self._replace_channel()
         except Exception:
             log.exception("sequencer batch of %d failed; will try again", len(batch))
@@ -314,12 +323,14 @@ class Sequencer:
         return False
 
     async def _replace_channel(self) -> None:
-        """A publish was nacked: a channel may nack every publish until it is replaced (one
-        opened while a quorum queue elected its leader). Closing its underlay makes aio-pika
-        reopen it (``_reopened`` consumes again); the batch's messages come back redelivered."""
+        """A publish was nacked, or not confirmed in time: a channel may nack every publish until
+        it is replaced (one opened while a quorum queue elected its leader). Closing its
+        underlay (within ``backend_timeout``) makes aio-pika reopen it (``_reopened`` consumes
+        again); the batch's messages come back redelivered."""
         assert self._channel is not None
-        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-            await (await self._channel.get_underlay_channel()).close()
+        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(self._settings.backend_timeout):
+                await (await self._channel.get_underlay_channel()).close()
 
     async def _back_off(self) -> None:
         self._failures += 1
@@ -359,7 +370,12 @@ class Sequencer:
         # One write and one confirmation future for the batch (no task, lock or future each).
         confirms: list[Awaitable[object]] = [await self._live.publish(live, frames)]
         confirms += [self._dead_letter(live, message, kind, text) for message, kind, text in dead]
-        await asyncio.gather(*confirms)
+        limit = CONFIRM_DEADLINES * self._settings.backend_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.gather(*confirms)
+        except TimeoutError:
+            raise ConfirmTimeout(f"no confirm of {len(batch)} live publishes within {limit:g} s") from None
         await batch[-1].channel.basic_ack(_tag(batch[-1]), multiple=True)
         for _, kind, _ in dead:  # counted once done, not at each try
             self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
