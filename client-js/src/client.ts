@@ -173,6 +173,10 @@ export class HubClient extends Emitter<HubClientEvents> {
     this.quickRetryUsed = false;
     this.browser?.attach();
     this.offline = this.browser?.isOffline() ?? false;
+    // Fallen back to SSE before a disconnect(): keep probing WebSocket (disconnect() cleared the timer).
+    if (this.useSse && this.opts.transport === 'auto') {
+      this.setTimer('websocketRetry', this.opts.websocketRetryMs, () => this.retryWebSocket());
+    }
     this.open();
   }
 

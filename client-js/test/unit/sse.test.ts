@@ -1,10 +1,10 @@
 // The SSE transport and the automatic fallback, with a fake WebSocket and a fake fetch (the test plays the hub).
 import assert from 'node:assert/strict';
-import { beforeEach, describe, it } from 'node:test';
+import { afterEach, beforeEach, describe, it, mock } from 'node:test';
 import { HubClient } from '../../src/client.js';
 import { SseTransport, defaultSseUrl, eventId } from '../../src/sse-transport.js';
 import type { RawFrame } from '../../src/frames.js';
-import { FakeSocket, fakeJwt } from './fake-ws.js';
+import { FakeSocket, fakeJwt, flush } from './fake-ws.js';
 
 /** A hub behind fetch: tickets, one stream at a time the test writes to, and the POSTs it got. */
 class FakeSseHub {
@@ -143,6 +143,139 @@ describe('HubClient transport choice', () => {
     }
     await until('a fifth WebSocket attempt', () => FakeSocket.instances.length === 5);
     assert.equal(hub.requests.length, 0);
+    client.disconnect();
+  });
+});
+
+describe('HubClient transport choice, over time (fake timers)', () => {
+  // setTimeout and Date are faked here, so `until` cannot poll: these tests let promise
+  // callbacks and the fake fetch's stream run with flush() (setImmediate is not faked).
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 }));
+  afterEach(() => mock.timers.reset());
+
+  async function settle(what: string, check: () => boolean): Promise<void> {
+    for (let i = 0; i < 200 && !check(); i++) await flush();
+    if (!check()) throw new Error(`never happened: ${what}`);
+  }
+
+  const connectedFrame = { type: 'connected', conn_id: 'c', user: '42', topics: ['user.42'], replica: 'r', ping_interval: 25, recovered: true, offsets: {} };
+
+  /** An 'auto' client on the fake hub; reconnect delays are at most 1 ms. */
+  function autoClient(hub: FakeSseHub, websocketRetryMs = 20_000): HubClient {
+    return new HubClient({
+      url: 'ws://hub.test/ws',
+      getToken: token,
+      WebSocket: FakeSocket,
+      fetch: hub.fetch,
+      watchBrowser: false,
+      reconnectBaseMs: 1,
+      reconnectMaxMs: 2,
+      random: () => 0.5,
+      websocketRetryMs, // below the 50 s watchdog of ping_interval 25: no pings needed meanwhile
+    });
+  }
+
+  /**
+   * Fails two fresh WebSocket attempts with 1006 and completes the SSE connection that follows.
+   * Returns the (fake) time of the second failure: the fallback, when the retry timer starts.
+   */
+  async function fallenBackToSse(client: HubClient, hub: FakeSseHub): Promise<number> {
+    client.connect();
+    let fellBackAt = 0;
+    for (let i = 1; i <= 2; i++) {
+      await settle(`WebSocket attempt ${i}`, () => FakeSocket.instances.length === i);
+      FakeSocket.last.serverClose(1006);
+      fellBackAt = Date.now();
+      mock.timers.tick(2);
+    }
+    await settle('the SSE stream', () => hub.requests.length === 2);
+    hub.write('event: hub.stream\ndata: {"stream":"s.r","secret":"k"}\n\n');
+    hub.event(connectedFrame);
+    await settle('connected over SSE', () => client.state === 'connected');
+    assert.equal(client.transport, 'sse');
+    assert.equal(FakeSocket.instances.length, 2);
+    return fellBackAt;
+  }
+
+  it("'auto' on SSE probes WebSocket after websocketRetryMs and moves back once the upgrade works", async () => {
+    const hub = new FakeSseHub();
+    const client = autoClient(hub);
+    const fellBackAt = await fallenBackToSse(client, hub);
+    mock.timers.tick(fellBackAt + 20_000 - 1 - Date.now());
+    await flush();
+    assert.equal(FakeSocket.instances.length, 2, 'no probe before websocketRetryMs');
+    mock.timers.tick(1);
+    assert.equal(FakeSocket.instances.length, 3, 'a probe at websocketRetryMs');
+    const probe = FakeSocket.last;
+    assert.deepEqual(probe.protocols, ['hub.v1.json']);
+    probe.accept(); // the upgrade works now
+    assert.deepEqual(probe.closedByClient, { code: 1000, reason: 'probe' });
+    await settle('a real WebSocket connection', () => FakeSocket.instances.length === 4);
+    assert.equal(hub.requests.length, 2, 'no new SSE stream');
+    FakeSocket.last.handshake();
+    assert.equal(client.state, 'connected');
+    assert.equal(client.transport, 'websocket');
+    client.disconnect();
+  });
+
+  it("'auto' stays on SSE when the probe fails and probes again after websocketRetryMs", async () => {
+    const hub = new FakeSseHub();
+    const client = autoClient(hub);
+    const fellBackAt = await fallenBackToSse(client, hub);
+    mock.timers.tick(fellBackAt + 20_000 - Date.now());
+    assert.equal(FakeSocket.instances.length, 3, 'the first probe');
+    FakeSocket.last.serverClose(1006); // still refused: the timer starts again from here
+    await flush();
+    assert.equal(client.state, 'connected');
+    assert.equal(client.transport, 'sse');
+    assert.equal(hub.requests.length, 2, 'the SSE connection was left alone');
+    mock.timers.tick(19_999);
+    assert.equal(FakeSocket.instances.length, 3, 'no second probe before websocketRetryMs');
+    mock.timers.tick(1);
+    assert.equal(FakeSocket.instances.length, 4, 'the timer was re-armed: a second probe');
+    FakeSocket.last.accept();
+    await settle('a real WebSocket connection', () => FakeSocket.instances.length === 5);
+    FakeSocket.last.handshake();
+    assert.equal(client.transport, 'websocket');
+    client.disconnect();
+  });
+
+  it("'auto' keeps probing WebSocket after disconnect() and connect() on SSE", async () => {
+    const hub = new FakeSseHub();
+    const client = autoClient(hub);
+    await fallenBackToSse(client, hub);
+    client.disconnect();
+    client.connect();
+    await settle('the SSE stream again', () => hub.requests.length === 4);
+    assert.equal(FakeSocket.instances.length, 2, 'still on SSE');
+    mock.timers.tick(19_999);
+    assert.equal(FakeSocket.instances.length, 2, 'no probe before websocketRetryMs');
+    mock.timers.tick(1);
+    assert.equal(FakeSocket.instances.length, 3, 'a probe websocketRetryMs after connect()');
+    client.disconnect();
+  });
+
+  it("'auto' once WebSocket has worked needs ten times sseFallbackAfter failures in a row", async () => {
+    const hub = new FakeSseHub();
+    const client = autoClient(hub);
+    client.connect();
+    await settle('the first WebSocket', () => FakeSocket.instances.length === 1);
+    FakeSocket.last.handshake(); // WebSocket works in this client
+    assert.equal(client.transport, 'websocket');
+    FakeSocket.last.serverClose(1006); // then the hub goes away (a restart looks the same as a proxy)
+    for (let failure = 1; failure <= 20; failure++) {
+      mock.timers.tick(2);
+      await settle(`WebSocket attempt ${failure}`, () => FakeSocket.instances.length === 1 + failure);
+      assert.equal(hub.requests.length, 0, `still WebSocket after ${failure - 1} failures`);
+      FakeSocket.last.serverClose(failure % 2 === 0 ? 4000 : 1006); // 4000 (no ping) counts too
+    }
+    mock.timers.tick(2);
+    await settle('the SSE stream after 20 failures', () => hub.requests.length === 2);
+    assert.equal(FakeSocket.instances.length, 21, 'no 21st WebSocket attempt');
+    hub.write('event: hub.stream\ndata: {"stream":"s.r","secret":"k"}\n\n');
+    hub.event(connectedFrame);
+    await settle('connected over SSE', () => client.state === 'connected');
+    assert.equal(client.transport, 'sse');
     client.disconnect();
   });
 });
