@@ -8,18 +8,22 @@ expires ``HUB_HISTORY_TTL`` after its last change: by then every notification it
 refers to has left the history, and a cursor older than everything retained means
 nothing (exact, never wrong).
 
-Cost: ``unread`` is one round trip for all topics of a connect (pipelined script
-calls); ``mark`` one script call plus one AMQP publish (the ``announce`` callback: the
-``read`` event on the live path, to every socket of the user on every replica).
+Cost: ``unread`` is one script call per topic, sent in the shared ``RedisBatch``
+(hub/backends/redis_batch.py) with the presence adds and history reads of the same loop
+turn: a connect storm's counts travel in a few pipelines, not one each. ``mark`` is one
+script call plus one AMQP publish (the ``announce`` callback: the ``read`` event on the
+live path, to every socket of the user on every replica).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from hub.backends.base import ReadEntry, ReadState
 from hub.backends.read_scripts import MARK, PAGE, UNREAD
-from hub.backends.redis_client import RedisClient, deadline, run_scripts
+from hub.backends.redis_batch import batch_for
+from hub.backends.redis_client import RedisClient, deadline
 from hub.backends.redis_history import JSON_KIND, RedisHistory, decode_data
 from hub.notification import Notification
 from hub.payload import BadPayload
@@ -53,6 +57,7 @@ class RedisReads:
         self._ttl_ms = int(ttl * 1000)
         self._timeout = timeout
         self._announce = announce
+        self._batch = batch_for(redis, timeout)  # shared with presence and history
         self._unread = redis.register_script(UNREAD)
         self._mark = redis.register_script(MARK)
         self._page = redis.register_script(PAGE)
@@ -72,9 +77,11 @@ class RedisReads:
 
     async def unread(self, user: str, topics: Sequence[str]) -> dict[str, int]:
         self.round_trips += 1
-        calls = [(self._unread, self._keys(user, topic), self._trim_args(topic)) for topic in topics]
+        script, batch = self._unread, self._batch
         async with deadline("unread counts", self._timeout):
-            counts = await run_scripts(self._redis, calls)  # one round trip per node, slot-routed
+            counts = await asyncio.gather(
+                *(batch.script(script, self._keys(user, topic), self._trim_args(topic)) for topic in topics)
+            )
         return {topic: int(n) for topic, n in zip(topics, counts, strict=True)}
 
     async def mark(self, user: str, topic: str, *, up_to: str | None, offsets: Sequence[str]) -> ReadState:
