@@ -1,8 +1,8 @@
 """Deliveries handed to a plain function in the channel's reader: no task per message.
 
 aiormq runs every consumer callback in a task of its own (``Channel._on_deliver_frame``):
-per delivery a coroutine, a task, its wrapper and a future-store entry, about a sixth of
-the hub's CPU on the live path (docs/benchmarks.md, "Where the hub's time goes"). Our
+per delivery a coroutine, a task, its wrapper and a future-store entry: 12–21 % of the hub
+process's CPU per notification with history off (docs/benchmarks.md, issue 12). Our
 consumers only append the message to a buffer and wake a waiter, which never blocks, so
 ``consume`` registers them as plain functions, called in order by the task that reads
 the channel's frames.
