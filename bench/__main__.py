@@ -146,13 +146,14 @@ def _run(args: argparse.Namespace, profile: Any, names: list[str], chosen: list[
     try:
         pngs = report.plots(res, args.out, stem=stamp)
     except ImportError as exc:  # matplotlib is only for the plots: the figures stand without them
-        print(f"[bench] no plots ({exc}); `pip install matplotlib` for them", file=sys.stderr)
+        print(f"[bench] no plots ({exc}); `pip install -e '.[bench]'` for them", file=sys.stderr)
         pngs = []
     md = report.markdown(res, pngs)
     (args.out / f"{stamp}.md").write_text(md)
     shutil.copyfile(args.out / f"{stamp}.md", args.out / "latest.md")
     print(md)
-    print(f"[bench] wrote {args.out}/{stamp}.md (.json, plots) in {res['meta']['duration_s']} s", file=sys.stderr)
+    wrote = ".json, plots" if pngs else ".json, no plots"
+    print(f"[bench] wrote {args.out}/{stamp}.md ({wrote}) in {res['meta']['duration_s']} s", file=sys.stderr)
     return 0
 
 
