@@ -1,7 +1,7 @@
 """Deliveries handed to a plain function in the channel's reader: no task per message.
 
 aiormq runs every consumer callback in a task of its own (``Channel._on_deliver_frame``):
-per delivery a coroutine, a task, its wrapper and a future-store entry: 12–21 % of the hub
+per delivery a coroutine, a task, its wrapper and a future-store entry: 12 to 21 % of the hub
 process's CPU per notification with history off (docs/benchmarks.md, issue 12). Our
 consumers only append the message to a buffer and wake a waiter, which never blocks, so
 ``consume`` registers them as plain functions, called in order by the task that reads

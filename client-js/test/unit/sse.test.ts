@@ -101,18 +101,25 @@ describe('SseTransport', () => {
   });
 });
 
+/** An 'auto' client on the fake hub; reconnect delays are at most 1 ms. */
+function autoClient(hub: FakeSseHub, websocketRetryMs = 20_000): HubClient {
+  return new HubClient({
+    url: 'ws://hub.test/ws',
+    getToken: token,
+    WebSocket: FakeSocket,
+    fetch: hub.fetch,
+    watchBrowser: false,
+    reconnectBaseMs: 1,
+    reconnectMaxMs: 2,
+    random: () => 0.5,
+    websocketRetryMs, // below the 50 s watchdog of ping_interval 25: no pings needed meanwhile
+  });
+}
+
 describe('HubClient transport choice', () => {
   it("'auto' falls back to SSE after two failed upgrades; the app sees the same events", async () => {
     const hub = new FakeSseHub();
-    const client = new HubClient({
-      url: 'ws://hub.test/ws',
-      getToken: token,
-      WebSocket: FakeSocket,
-      fetch: hub.fetch,
-      watchBrowser: false,
-      reconnectBaseMs: 1,
-      reconnectMaxMs: 2,
-    });
+    const client = autoClient(hub);
     const notes: unknown[] = [];
     client.on('notification', (n) => notes.push(n));
     client.connect();
@@ -160,20 +167,6 @@ describe('HubClient transport choice, over time (fake timers)', () => {
 
   const connectedFrame = { type: 'connected', conn_id: 'c', user: '42', topics: ['user.42'], replica: 'r', ping_interval: 25, recovered: true, offsets: {} };
 
-  /** An 'auto' client on the fake hub; reconnect delays are at most 1 ms. */
-  function autoClient(hub: FakeSseHub, websocketRetryMs = 20_000): HubClient {
-    return new HubClient({
-      url: 'ws://hub.test/ws',
-      getToken: token,
-      WebSocket: FakeSocket,
-      fetch: hub.fetch,
-      watchBrowser: false,
-      reconnectBaseMs: 1,
-      reconnectMaxMs: 2,
-      random: () => 0.5,
-      websocketRetryMs, // below the 50 s watchdog of ping_interval 25: no pings needed meanwhile
-    });
-  }
 
   /**
    * Fails two fresh WebSocket attempts with 1006 and completes the SSE connection that follows.
