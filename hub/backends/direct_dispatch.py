@@ -17,7 +17,6 @@ through aiormq's task, exactly as before: slower, never different.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +28,9 @@ log = logging.getLogger("hub.rabbitmq")
 #: A consumer that cannot block: it must return quickly and never raise (it is logged if it does).
 Handler = Callable[[DeliveredMessage], None]
 
-_handlers: weakref.WeakKeyDictionary[aiormq.abc.AbstractChannel, dict[str, Handler]] = weakref.WeakKeyDictionary()
+#: The attribute of a hooked channel holding its handlers by consumer tag: they live and
+#: die with the channel (a side table keyed by channel could keep a closed one alive).
+_HANDLERS = "_hub_direct_handlers"
 
 
 async def consume(
@@ -60,20 +61,20 @@ async def consume(
 def forget(channel: aiormq.abc.AbstractChannel, consumer_tag: str) -> None:
     """Stop handing ``consumer_tag``'s deliveries to its handler (idempotent); any that still
     come go to aiormq's own consumer, if the channel has one."""
-    handlers = _handlers.get(channel)
+    handlers: dict[str, Handler] | None = getattr(channel, _HANDLERS, None)
     if handlers is not None:
         handlers.pop(consumer_tag, None)
 
 
 def registered(channel: aiormq.abc.AbstractChannel) -> int:
     """How many consumers of ``channel`` are served directly (0 when it could not be hooked)."""
-    return len(_handlers.get(channel, ()))
+    return len(getattr(channel, _HANDLERS, ()))
 
 
 def _install(channel: aiormq.abc.AbstractChannel) -> dict[str, Handler] | None:
     """The channel's handlers, hooking its delivery path the first time; None when this
     aiormq cannot be hooked."""
-    handlers = _handlers.get(channel)
+    handlers: dict[str, Handler] | None = getattr(channel, _HANDLERS, None)
     if handlers is not None:
         return handlers
     original: Callable[[Any], Awaitable[None]] | None = getattr(channel, "_on_deliver_frame", None)
@@ -82,7 +83,8 @@ def _install(channel: aiormq.abc.AbstractChannel) -> dict[str, Handler] | None:
     if original is None or content_header is None or read_content is None:
         log.warning("this aiormq cannot hand deliveries over directly: one task per delivery")
         return None
-    handlers = _handlers[channel] = {}
+    handlers = {}
+    setattr(channel, _HANDLERS, handlers)
 
     async def on_deliver_frame(frame: Any) -> None:
         handler = handlers.get(frame.consumer_tag)

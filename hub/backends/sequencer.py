@@ -76,17 +76,15 @@ CONSUME_DEADLINES = 3
 #: A batch's live publishes (and dead letters) unconfirmed after this many ``backend_timeout``:
 #: the channel is taken for stuck and replaced, and the batch comes back redelivered.
 CONFIRM_DEADLINES = 3
-
-
-class ConfirmTimeout(ConnectionError):
-    """The broker confirmed neither ack nor nack of a batch's publishes in time."""
-
-
 #: Seconds between checks that the Redis primary is still the one last swept (a failover).
 PRIMARY_WATCH = 0.5
 #: Topics whose newest offset is remembered to find lost history after a Redis failover
 #: (``RedisHistory.mark_lost_tails``; the least recently written are forgotten first).
 MAX_REMEMBERED = 10_000
+
+
+class ConfirmTimeout(ConnectionError):
+    """The broker confirmed neither ack nor nack of a batch's publishes in time."""
 
 
 @dataclass(slots=True)
