@@ -5,7 +5,10 @@ holds tens of thousands of sockets):
 
 - a ``ping`` every ``ping_interval`` seconds;
 - the silence watchdog: a client that sent nothing at all (not even ``pong``) for two
-  intervals is closed with 1001;
+  intervals is closed with 1001. The hub's own stalls do not count against the client: a
+  check that runs late (the event loop was busy or paused) subtracts its lateness, since
+  a pong that came meanwhile is still unread behind it. Otherwise one pause of the hub
+  would close every socket at once and bring them all back as a reconnect storm;
 - the token's expiry: 4009 at ``exp`` unless a ``refresh`` moved it;
 - the frame rate: a token bucket of ``rate`` frames per second with a burst of
   ``2 * rate`` (4008 above it, decided by the caller from ``heard``).
@@ -30,6 +33,7 @@ class Liveness:
     __slots__ = (
         "_allowance",
         "_close",
+        "_due",
         "_exp",
         "_interval",
         "_last_frame",
@@ -59,6 +63,7 @@ class Liveness:
         self._last_frame = self._last_heard = time.monotonic()
         self._next_ping = 0.0
         self._exp = 0.0
+        self._due = 0.0  # when the armed check should run (monotonic)
         self._timer: asyncio.TimerHandle | None = None
 
     def heard(self) -> bool:
@@ -92,8 +97,10 @@ class Liveness:
             self._timer = None
 
     def _arm(self) -> None:
-        wait = min(self._next_ping - time.monotonic(), self._exp - time.time())
-        self._timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._check)
+        now = time.monotonic()
+        wait = max(min(self._next_ping - now, self._exp - time.time()), 0.0)
+        self._due = now + wait
+        self._timer = asyncio.get_running_loop().call_later(wait, self._check)
 
     def _check(self) -> None:
         self._timer = None
@@ -101,8 +108,9 @@ class Liveness:
             self._close(CloseCode.TOKEN_EXPIRED, "the token expired; send 'refresh' before 'exp'")
             return
         now = time.monotonic()
+        late = max(0.0, now - self._due)  # the hub was not listening either
         if now >= self._next_ping:
-            if now - self._last_heard > 2 * self._interval:
+            if now - self._last_heard - late > 2 * self._interval:
                 self._close(CloseCode.GOING_AWAY, f"heard nothing for {2 * self._interval:g} s")
                 return
             self._next_ping = now + self._interval

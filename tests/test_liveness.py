@@ -47,6 +47,22 @@ async def test_silence_for_two_intervals_is_1001() -> None:
     assert seen.pings >= 1  # it was pinged before it was given up
 
 
+async def test_a_stall_of_the_hub_is_not_counted_as_the_clients_silence() -> None:
+    """The loop stalls for four intervals right after the client was heard; its answer is read
+    only after the overdue check ran (as a pong held back by the stall is): no 1001."""
+    seen = Recorder()
+    alive = liveness(seen)
+    alive.start(time.time() + 60)
+    alive.heard()
+    time.sleep(0.2)  # noqa: ASYNC251 - the hub's loop stalls, on purpose: the check falls due meanwhile
+    await asyncio.sleep(0.001)  # the overdue check runs before this wake-up
+    alive.heard()  # the pong the stall held back
+    await asyncio.sleep(0.02)
+    alive.stop()
+    assert seen.closes == []
+    assert seen.pings >= 1  # the overdue check pinged instead
+
+
 async def test_expiry_is_4009_and_a_renewal_moves_it() -> None:
     seen = Recorder()
     alive = liveness(seen, interval=60)
