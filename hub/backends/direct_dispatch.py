@@ -22,6 +22,7 @@ from typing import Any
 
 import aiormq
 from aiormq.abc import DeliveredMessage
+from aiormq.tools import awaitable
 
 log = logging.getLogger("hub.rabbitmq")
 
@@ -47,12 +48,8 @@ async def consume(
     handlers = _install(channel)
     if handlers is not None:
         handlers[consumer_tag] = handler
-
-    async def in_a_task(message: DeliveredMessage) -> None:  # aiormq's path: a channel we could not hook
-        handler(message)
-
-    try:
-        await channel.basic_consume(queue, in_a_task, consumer_tag=consumer_tag, no_ack=no_ack)
+    try:  # aiormq's own path (a channel not hooked, a forgotten tag) runs it through its own wrapper
+        await channel.basic_consume(queue, awaitable(handler), consumer_tag=consumer_tag, no_ack=no_ack)
     except BaseException:
         forget(channel, consumer_tag)
         raise
