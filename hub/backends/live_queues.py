@@ -28,6 +28,7 @@ from aiormq.abc import DeliveredMessage
 
 from hub.backends import direct_dispatch
 from hub.backends.base import SubscriptionGap, SubscriptionLost, SubscriptionOverflow
+from hub.lean_async import LeanEvent
 from hub.notification import Notification
 from hub.settings import Settings
 
@@ -106,7 +107,7 @@ class AmqpSubscription:
         self._bound = broker.settings.socket_queue_size
         self._generation = slot.generation
         self._consuming_on: aiormq.abc.AbstractChannel | None = None
-        self._ready = asyncio.Event()
+        self._ready = LeanEvent()  # one per socket: hub.lean_async
         self._overflowed = False
         self._gap = False
         self._lost: str | None = None

@@ -8,7 +8,6 @@ is lost when the process stops, and it is not shared between processes.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from hub.backends.base import (
     issued_here,
 )
 from hub.backends.memory_reads import MemoryReads
+from hub.lean_async import LeanEvent
 from hub.notification import Notification, new_id, now_ms
 from hub.settings import Settings
 from hub.topics import ZERO_OFFSET, format_offset, parse_offset
@@ -139,7 +139,7 @@ class _MemorySubscription:
         self.topics = tuple(topics)
         self._bound = bound
         self._buffer: list[Notification] = []
-        self._ready = asyncio.Event()
+        self._ready = LeanEvent()  # one per socket: hub.lean_async
         self._overflowed = False
         self.closed = False
 
