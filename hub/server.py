@@ -108,7 +108,6 @@ def build_server(node: Node) -> uvicorn.Server:
     protocol-level pings (the hub pings in protocol v1), and a close handshake bounded
     by ``send_timeout``."""
     settings = node.settings
-    WEBSOCKET_LOG.setLevel(logging.DEBUG if settings.log_level == "debug" else logging.WARNING)
     config = uvicorn.Config(
         create_app(node=node),
         host=settings.host,
@@ -124,6 +123,8 @@ def build_server(node: Node) -> uvicorn.Server:
         timeout_graceful_shutdown=int(settings.drain_seconds) + 5,
         **server_options(settings),
     )
+    # After the Config: its logging set-up (dictConfig) resets the levels of uvicorn's child loggers.
+    WEBSOCKET_LOG.setLevel(logging.DEBUG if settings.log_level == "debug" else logging.WARNING)
     return _Server(config)
 
 

@@ -77,7 +77,8 @@ async def test_an_accepted_socket_keeps_no_handshake_headers() -> None:
         protocols = [o for o in gc.get_objects() if isinstance(o, LeanWebSocketProtocol)]
         assert len(protocols) == 1
         (protocol,) = protocols
-        assert (protocol.request, protocol.response, protocol.scope["headers"]) == (None, None, [])
+        kept: tuple[object, object, object] = (protocol.request, protocol.response, protocol.scope["headers"])
+        assert kept == (None, None, [])
         assert isinstance(protocol.queue, LeanQueue)
         assert isinstance(protocol.writable, LeanEvent)
         requests = [o for o in gc.get_objects() if isinstance(o, Request) and o is not client.ws.request]

@@ -119,3 +119,43 @@ async def test_hub_serve_logs_json_and_says_which_services_it_uses() -> None:
     socket_lines = [e for e in entries if e.get("conn_id") == connected["conn_id"]]
     assert socket_lines, "expected lines logged for the socket, tagged with its conn_id"
     assert any(e.get("user") == "log-user" and "4002" in e["message"] for e in socket_lines), socket_lines
+
+
+async def test_hub_serve_writes_no_line_per_connection_at_info() -> None:
+    """uvicorn's and websockets' per-connection INFO lines ("[accepted]", "connection open",
+    "connection closed") are DEBUG-only: a reconnect storm would write tens of thousands."""
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        "serve",
+        env={**base, "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_DRAIN_SECONDS": "0"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def ready() -> bool:
+                try:
+                    return (await http.get("/readyz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await wait_for(ready, timeout=30, what="hub serve to be ready")
+        from websockets.asyncio.client import connect
+
+        for user in ("quiet-1", "quiet-2"):
+            async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send(json.dumps({"type": "connect", "token": make_token(user)}))
+                assert json.loads(await ws.recv())["type"] == "connected"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    output = (stdout + stderr).decode()
+    assert process.returncode == 0, output[-2000:]
+    assert "Uvicorn running" in output or "Application startup complete" in output, output[-2000:]  # INFO is on
+    for line in ("[accepted]", "connection open", "connection closed"):
+        assert line not in output, output[-2000:]
