@@ -1,8 +1,13 @@
-"""RabbitMQ's own ceiling for a socket's queue: declare + bind + consume of one exclusive queue.
+"""RabbitMQ's own ceiling for a socket's queue: declare + bind + consume of one exclusive
+queue, and its teardown.
 
 ``python -m bench.rabbit_floor [--private] [--n 2000]`` sets up ``n`` queues from one aiormq
 client in each of these ways and reports set-ups/s and the broker's CPU µs per set-up
-(what the hub can at best reach per connect on this machine, RabbitMQ side):
+(what the hub can at best reach per connect on this machine, RabbitMQ side), then
+cancels every consumer as the hub does when a socket closes (the auto-delete queue goes
+with it) and reports the broker's CPU µs per teardown (``teardown_cpu_us``, over the
+cancels and one second after them) and per whole life (``lifecycle_cpu_us``: what one
+connect costs the broker in the end):
 
 - ``serial``: declare, bind, consume, each waiting for its reply (3 round trips);
 - ``pipelined``: declare and bind with ``nowait``, the consume's reply settles all three
@@ -46,11 +51,12 @@ async def _noop(message: Any) -> None:
     return None
 
 
-async def _setup(channel: aiormq.abc.AbstractChannel, args: dict[str, Any], pipelined: bool) -> None:
+async def _setup(channel: aiormq.abc.AbstractChannel, args: dict[str, Any], pipelined: bool) -> str:
     queue = f"floor.{uuid.uuid4().hex}"
     await channel.queue_declare(queue, exclusive=True, auto_delete=True, arguments=args, nowait=pipelined)
     await channel.queue_bind(queue, EXCHANGE, routing_key=f"user.{queue[-8:]}", nowait=pipelined)
     await channel.basic_consume(queue, _noop, consumer_tag=queue)
+    return queue
 
 
 async def _mode(url: str, n: int, args: dict[str, Any], pipelined: bool, concurrency: int) -> dict[str, float]:
@@ -60,16 +66,31 @@ async def _mode(url: str, n: int, args: dict[str, Any], pipelined: bool, concurr
         await channels[0].exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(i: int) -> None:
+        async def one(i: int) -> tuple[aiormq.abc.AbstractChannel, str]:
+            channel = channels[i % len(channels)]
             async with gate:
-                await _setup(channels[i % len(channels)], args, pipelined)
+                return channel, await _setup(channel, args, pipelined)
+
+        async def cancel(channel: aiormq.abc.AbstractChannel, queue: str) -> None:
+            async with gate:
+                await channel.basic_cancel(queue)
 
         cpu0, t0 = _cpu(), time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        queues = await asyncio.gather(*(one(i) for i in range(n)))
+        wall, cpu1 = time.perf_counter() - t0, _cpu()
+        await asyncio.gather(*(cancel(channel, queue) for channel, queue in queues))
+        await asyncio.sleep(1)  # the queue processes stop and are deleted after their cancel-ok
+        cpu2 = _cpu()
     finally:
         await connection.close()
-    return {"per_s": round(n / wall), "rabbit_cpu_us": round(cpu / n * 1e6), "wall_s": round(wall, 2)}
+    setup, teardown = (cpu1 - cpu0) / n * 1e6, (cpu2 - cpu1) / n * 1e6
+    return {
+        "per_s": round(n / wall),
+        "rabbit_cpu_us": round(setup),
+        "teardown_cpu_us": round(teardown),
+        "lifecycle_cpu_us": round(setup + teardown),
+        "wall_s": round(wall, 2),
+    }
 
 
 def _cpu() -> float:
