@@ -13,7 +13,8 @@ Per target (fresh vhost and Redis db each):
 - ``storm`` (``--storm``): every socket dropped at once and reconnected, then one
   notification published to every user; ``back_s`` is until every socket is connected
   again, ``receiving_s`` until every socket got its notification (n/a unless all did);
-- ``burst`` (``--burst N``): N more sockets at once (no pacing), refusals by close code.
+- ``burst`` (``--burst N``): N more sockets at once (no pacing), refusals by close code;
+  each is tried ``--burst-tries`` times (default 3).
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ def profiled(pids: list[int], out: Path | None) -> Iterator[None]:
         spy.wait(30)
 
 
-def connect_phase(harness: Harness, users: list[str], spy: Path | None = None) -> dict[str, Any]:
+def connect_phase(harness: Harness, users: list[str], spy: Path | None = None, tries: int = 3) -> dict[str, Any]:
     """Open a socket per user; the rate, and the CPU spent meanwhile per connect."""
     with profiled(harness.live.pids, spy), Sampler(harness.groups()) as sampler:
-        out = harness.connect(users)
+        out = harness.connect(users, tries)
     usage = sampler.usage
     server = usage["target"].cpu_s + sum(usage[k].cpu_s for k in harness.live.target.services)
     out["cpu_s"] = {k: round(u.cpu_s, 3) for k, u in usage.items()}
@@ -178,7 +179,7 @@ def run_target(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             rss0 = rss_of(live.pids)
             burst = Harness(live, _profile(max(1, args.burst // 2)), receivers=2)
             try:
-                out["burst"] = connect_phase(burst, [f"b{i}" for i in range(args.burst)])
+                out["burst"] = connect_phase(burst, [f"b{i}" for i in range(args.burst)], tries=args.burst_tries)
                 time.sleep(3)
                 out["burst"]["kb_per_socket"] = (rss_of(live.pids) - rss0) / max(1, out["burst"]["ok"]) / 1024
                 out["burst"]["closes_by_code"] = _closes(live.port)
@@ -193,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=100, help="handshakes in flight per receiver (2 receivers)")
     p.add_argument("--storm", action="store_true")
     p.add_argument("--burst", type=int, default=0)
+    p.add_argument(
+        "--burst-tries",
+        type=int,
+        default=3,
+        help="tries per burst socket (a 1013 is retried after 0.2 s); raise it on a slow box to see "
+        "what a whole burst leaves in memory",
+    )
     p.add_argument("--targets", default="relay,hub-dist,hub-dist-nohist")
     p.add_argument("--private", action="store_true", help="on a private RabbitMQ node and Redis (bench.private)")
     p.add_argument("--py-spy", type=Path, default=None, help="record each hub's connect phase into this folder")

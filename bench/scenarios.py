@@ -83,14 +83,22 @@ class Harness:
             "generator": self.pids(),
         }
 
-    def connect(self, sock_users: list[str]) -> dict[str, Any]:
-        """Open sockets for ``sock_users`` spread over the receivers; connect rate and errors."""
+    def connect(self, sock_users: list[str], tries: int = 3) -> dict[str, Any]:
+        """Open sockets for ``sock_users`` spread over the receivers (each socket tried up to
+        ``tries`` times); connect rate and errors."""
         self.sock_users = sock_users
         self.users = sorted(set(sock_users), key=sock_users.index)
         n = len(self.receivers)
         for i, r in enumerate(self.receivers):
-            r.send({"op": "connect", "users": sock_users[i::n], "concurrency": self.profile.connect_concurrency})
-        replies = [r.recv(120 + len(sock_users) / 50) for r in self.receivers]
+            r.send(
+                {
+                    "op": "connect",
+                    "users": sock_users[i::n],
+                    "concurrency": self.profile.connect_concurrency,
+                    "tries": tries,
+                }
+            )
+        replies = [r.recv(120 + len(sock_users) / 50 * tries / 3) for r in self.receivers]
         ok = sum(x["ok"] for x in replies)
         span = (max(x["t1"] for x in replies) - min(x["t0"] for x in replies)) / 1e9
         return {
