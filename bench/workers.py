@@ -146,7 +146,7 @@ class Receiver:
         self.storming = False
         gate = asyncio.Semaphore(concurrency)
         errors: list[str] = []
-        ok = await asyncio.gather(*(self._open(s, gate, errors) for s in self.socks))
+        ok = await asyncio.gather(*(self._open(s, gate, errors, 3) for s in self.socks))
         return {"ok": sum(ok), "failed": len(ok) - sum(ok), "t_drop": t_drop, "t_all": time.time_ns(), "errors": errors}
 
     def reset(self, run: int) -> None:
