@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -48,6 +51,48 @@ async def test_json_lines_carry_the_socket_of_the_task_that_logged_them() -> Non
     assert outside["time"].endswith("+00:00")
 
 
+@dataclass
+class Served:
+    """A ``hub serve`` process: its port, and once it stopped, its exit status and output."""
+
+    port: int
+    returncode: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+@contextlib.asynccontextmanager
+async def hub_serve(env: dict[str, str]) -> AsyncIterator[Served]:
+    """Run ``hub serve`` with ``env`` over a clean environment until it answers ``/readyz``;
+    on exit, stop it with SIGTERM and keep what it wrote."""
+    served = Served(free_port())
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        "serve",
+        env={**base, "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(served.port), "HUB_DRAIN_SECONDS": "0", **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as http:
+
+            async def ready() -> bool:
+                try:
+                    return (await http.get("/readyz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await wait_for(ready, timeout=30, what="hub serve to be ready")
+        yield served
+    finally:
+        process.send_signal(signal.SIGTERM)
+        served.stdout, served.stderr = await asyncio.wait_for(process.communicate(), 30)
+        served.returncode = process.returncode
+
+
 def test_an_unknown_log_format_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="HUB_LOG_FORMAT"):
         Settings.from_env({"HUB_LOG_FORMAT": "xml"})
@@ -56,49 +101,23 @@ def test_an_unknown_log_format_is_a_configuration_error() -> None:
 @pytest.mark.distributed
 async def test_hub_serve_logs_json_and_says_which_services_it_uses() -> None:
     async with environment() as env:
-        port = free_port()
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "hub",
-            "serve",
-            env={
-                **base,
-                **env,
-                "HUB_JWT_SECRET": SECRET,
-                "HUB_API_KEY": "logs-key",
-                "HUB_PORT": str(port),
-                "HUB_LOG_FORMAT": "json",
-                "HUB_LOG_LEVEL": "debug",
-                "HUB_REPLICA_ID": "logs-replica",
-                "HUB_DRAIN_SECONDS": "0",
-            },
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-
-                async def ready() -> bool:
-                    try:
-                        return (await http.get("/readyz")).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-
-                await wait_for(ready, timeout=30, what="hub serve to be ready")
+        logging_env = {
+            **env,
+            "HUB_API_KEY": "logs-key",
+            "HUB_LOG_FORMAT": "json",
+            "HUB_LOG_LEVEL": "debug",
+            "HUB_REPLICA_ID": "logs-replica",
+        }
+        async with hub_serve(logging_env) as served:
             from websockets.asyncio.client import connect
 
-            async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            async with connect(f"ws://127.0.0.1:{served.port}/ws") as ws:
                 await ws.send(json.dumps({"type": "connect", "token": make_token("log-user")}))
                 connected = json.loads(await ws.recv())
                 assert connected["type"] == "connected"
                 await ws.send("not a frame")  # closed with 4002: the session logs its close
-        finally:
-            process.send_signal(signal.SIGTERM)
-            stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, stderr.decode()[-2000:]
-    lines = [line for line in (stdout + stderr).decode().splitlines() if line.strip()]
+        assert served.returncode == 0, served.stderr.decode()[-2000:]
+    lines = [line for line in (served.stdout + served.stderr).decode().splitlines() if line.strip()]
     assert lines, "expected log lines"
     entries = []
     for line in lines:
@@ -124,38 +143,15 @@ async def test_hub_serve_logs_json_and_says_which_services_it_uses() -> None:
 async def test_hub_serve_writes_no_line_per_connection_at_info() -> None:
     """uvicorn's and websockets' per-connection INFO lines ("[accepted]", "connection open",
     "connection closed") are DEBUG-only: a reconnect storm would write tens of thousands."""
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hub",
-        "serve",
-        env={**base, "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(port), "HUB_DRAIN_SECONDS": "0"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-
-            async def ready() -> bool:
-                try:
-                    return (await http.get("/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await wait_for(ready, timeout=30, what="hub serve to be ready")
+    async with hub_serve({}) as served:
         from websockets.asyncio.client import connect
 
         for user in ("quiet-1", "quiet-2"):
-            async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            async with connect(f"ws://127.0.0.1:{served.port}/ws") as ws:
                 await ws.send(json.dumps({"type": "connect", "token": make_token(user)}))
                 assert json.loads(await ws.recv())["type"] == "connected"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    output = (stdout + stderr).decode()
-    assert process.returncode == 0, output[-2000:]
+    output = (served.stdout + served.stderr).decode()
+    assert served.returncode == 0, output[-2000:]
     assert "Uvicorn running" in output or "Application startup complete" in output, output[-2000:]  # INFO is on
     for line in ("[accepted]", "connection open", "connection closed"):
         assert line not in output, output[-2000:]
