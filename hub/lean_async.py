@@ -40,10 +40,12 @@ class LeanEvent:
         if self._flag:
             return
         self._flag = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self._waiters
+        if waiters:  # kept once made: a socket's pump waits on its event again and again
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            waiters.clear()
 
     def clear(self) -> None:
         self._flag = False
@@ -61,7 +63,7 @@ class LeanEvent:
             await waiter
             return True
         finally:
-            if waiter in waiters:  # cancelled before ``set``: ``set`` dropped the list otherwise
+            if waiter in waiters:  # cancelled before ``set``: ``set`` emptied the list otherwise
                 waiters.remove(waiter)
 
 
