@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -181,3 +183,18 @@ async def run_hub(
         finally:
             server.should_exit = True
             await asyncio.wait_for(task, 30)
+
+
+async def spawn_hub_serve(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``hub serve`` in a child process, over this environment without its ``HUB_*``
+    variables, with the test secret and ``env`` laid over; stdout and stderr piped."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        "serve",
+        env={**base, "HUB_JWT_SECRET": SECRET, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )

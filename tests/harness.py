@@ -8,7 +8,7 @@ this module keeps ``from tests.harness import …`` working.
 from __future__ import annotations
 
 from testkit.client import Client, Closed
-from testkit.hubs import BACKENDS, WITH_HISTORY, BackendFactory, RunningHub, register_backend, run_hub
+from testkit.hubs import BACKENDS, WITH_HISTORY, BackendFactory, RunningHub, register_backend, run_hub, spawn_hub_serve
 from testkit.net import free_port
 from testkit.tokens import API_KEY, SECRET, make_token
 from testkit.waiting import TIMEOUT, wait_for
@@ -27,5 +27,6 @@ __all__ = [
     "make_token",
     "register_backend",
     "run_hub",
+    "spawn_hub_serve",
     "wait_for",
 ]

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 from hub import logs
 from hub.settings import ConfigError, Settings
 from tests.distributed_env import environment
-from tests.harness import SECRET, free_port, make_token, wait_for
+from tests.harness import free_port, make_token, spawn_hub_serve, wait_for
 
 REQUIRED = {"time", "level", "logger", "message", "replica"}
 
@@ -66,16 +64,7 @@ async def hub_serve(env: dict[str, str]) -> AsyncIterator[Served]:
     """Run ``hub serve`` with ``env`` over a clean environment until it answers ``/readyz``;
     on exit, stop it with SIGTERM and keep what it wrote."""
     served = Served(free_port())
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hub",
-        "serve",
-        env={**base, "HUB_JWT_SECRET": SECRET, "HUB_PORT": str(served.port), "HUB_DRAIN_SECONDS": "0", **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_hub_serve({"HUB_PORT": str(served.port), "HUB_DRAIN_SECONDS": "0", **env})
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as http:
 

@@ -35,7 +35,7 @@ from hub.settings import Settings
 from testkit.net import reachable
 from testkit.rabbit_node import RabbitNode, Tls, start_nodes
 from tests.definitions import DEFAULT_NAMES, with_passwords
-from tests.harness import SECRET, free_port, make_token, run_hub, wait_for
+from tests.harness import free_port, make_token, run_hub, spawn_hub_serve, wait_for
 from tests.services import missing
 from tests.test_compose import load_cluster
 from tests.tls_ca import Pki, make_pki
@@ -188,16 +188,7 @@ async def test_a_hub_on_amqps_and_rediss_serving_wss_delivers(services: Services
 
 async def serve_once(env: dict[str, str]) -> tuple[int, str]:
     """Run ``hub serve`` with ``env``; its exit status and stderr (it must fail to start)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hub",
-        "serve",
-        env={**base, "HUB_JWT_SECRET": SECRET, "HUB_API_KEY": "tls-key", "HUB_PORT": str(free_port()), **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_hub_serve({"HUB_API_KEY": "tls-key", "HUB_PORT": str(free_port()), **env})
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), 40)
     except TimeoutError:
