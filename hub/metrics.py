@@ -86,6 +86,10 @@ class Metrics:
 #: backend does not report are left out.
 BACKEND_COUNTERS: dict[str, tuple[str, str]] = {
     "sequenced": ("hub_sequenced", "Notifications appended to history by this replica's sequencer (stream writes)"),
+    "sequencer_batches": (
+        "hub_sequencer_batches",
+        "Batches the sequencer appended and published live (hub_sequenced_total / this = the mean batch size)",
+    ),
     "duplicates": ("hub_duplicates", "Redelivered or re-published ids the sequencer found already in history"),
     "overflows": (
         "hub_live_queue_overflows",

@@ -254,6 +254,7 @@ class DistributedBackend:
             s = self._sequencer.stats
             stats.update(
                 sequenced=s.sequenced,
+                sequencer_batches=s.batches,
                 duplicates=s.duplicates,
                 dead_letters=dict(s.dead_letters),
                 redis_retries=s.redis_retries,

@@ -208,6 +208,7 @@ class ShardCoordinator:
         running = list(self._sequencers.values())
         return {
             "sequenced": total.sequenced,
+            "sequencer_batches": total.batches,
             "duplicates": total.duplicates,
             "dead_letters": total.dead_letters,
             "redis_retries": total.redis_retries,
