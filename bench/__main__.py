@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any
 
 from bench import private, report, scenarios, services
 from bench.profiles import PROFILES
-from bench.targets import TARGETS
+from bench.targets import TARGETS, lookup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("idle", "latency", "fanout")
@@ -30,7 +31,11 @@ DEFAULT_TARGETS = ("relay", "sio", "stomp", "hub", "hub-dist", "hub-dist-nohist"
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
+    p.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated, from {', '.join(TARGETS)}; <target>@KEY=VALUE changes its environment",
+    )
     p.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
@@ -48,12 +53,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run a private RabbitMQ node and Redis for this run (CPU figures not shared with other work)",
     )
+    p.add_argument("--rates", help="comma-separated notifications/s, instead of the profile's (one lever, one rate)")
+    p.add_argument("--step-seconds", type=float, help="seconds each rate is published, instead of the profile's")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
 
 def _run_target(name: str, profile: Any, chosen: list[str], fd_limit: int) -> dict[str, Any]:
-    target = TARGETS[name]
+    target = lookup(name)
     out: dict[str, Any] = {
         "label": target.label,
         "services": list(target.services),
@@ -98,13 +105,25 @@ def _run_target(name: str, profile: Any, chosen: list[str], fd_limit: int) -> di
     return out
 
 
+def _known(name: str) -> bool:
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the process exit status."""
     args = _parse(argv)
     profile = PROFILES[args.profile]
+    if args.rates:
+        profile = dataclasses.replace(profile, rates=tuple(int(r) for r in args.rates.split(",")))
+    if args.step_seconds:
+        profile = dataclasses.replace(profile, step_s=args.step_seconds)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [n for n in names if n not in TARGETS] + [s for s in chosen if s not in SCENARIOS]
+    unknown = [n for n in names if not _known(n)] + [s for s in chosen if s not in SCENARIOS]
     if unknown:
         print(f"unknown target or scenario: {', '.join(unknown)}", file=sys.stderr)
         return 2

@@ -9,7 +9,9 @@ and deletes the vhost and flushes the db — also when the body raised.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,3 +303,23 @@ TARGETS: dict[str, Target] = {
     )
 }
 PEERS = ("relay", "sio", "stomp")
+
+
+def lookup(name: str) -> Target:
+    """A target by name; ``<target>@KEY=VALUE[@KEY=VALUE…]`` is that target with its server's
+    environment changed (a lever measured one at a time: ``hub-dist@HUB_SEQUENCER_LINGER=0.002``).
+
+    Raises KeyError for an unknown target or a malformed setting."""
+    base, *settings = name.split("@")
+    target = TARGETS[base]
+    if not settings:
+        return target
+    env = dict(target.env)
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise KeyError(name)
+        env[key] = value
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(settings))
+    label = f"{target.label} [{', '.join(settings)}]"
+    return dataclasses.replace(target, name=f"{base}-{tag}", label=label, env=env)
