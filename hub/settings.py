@@ -157,6 +157,11 @@ class Settings:
         "seconds open sockets wait while no RabbitMQ node is reachable; then they are closed with 1013 "
         "(the client reconnects and resumes)",
     )
+    sequencer_linger: float = _setting(
+        0.0,
+        "seconds the sequencer waits, once a notification is in, for more to join its batch: fewer, larger "
+        "batches (less CPU per notification) for that much more latency; `0`: no wait (docs/operations.md §2)",
+    )
     delivery_limit: int = _setting(5, "deliveries of one ingest message before it is dead-lettered")
     exchange: str = _setting(EXCHANGE, "the publishers' topic exchange")
     live_exchange: str = _setting("notifications.live", "the sequenced-notifications exchange the sockets bind on")
@@ -294,6 +299,8 @@ class Settings:
         for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.sequencer_linger <= 1:
+            raise ConfigError(f"HUB_SEQUENCER_LINGER: expected 0 to 1 (seconds), got {self.sequencer_linger}")
         if not 0 <= self.ingest_max_priority <= 9:
             raise ConfigError(f"HUB_INGEST_MAX_PRIORITY: expected 0 to 9, got {self.ingest_max_priority}")
         if self.ingest_queue_type not in ("classic", "quorum"):

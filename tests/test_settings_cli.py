@@ -63,6 +63,8 @@ def test_flags_override_environment() -> None:
         ({"HUB_PORT": "eighty"}, "HUB_PORT"),
         ({"HUB_PING_INTERVAL": "0"}, "HUB_PING_INTERVAL"),
         ({"HUB_HISTORY_SIZE": "-1"}, "HUB_HISTORY_SIZE"),
+        ({"HUB_SEQUENCER_LINGER": "-0.001"}, "HUB_SEQUENCER_LINGER"),
+        ({"HUB_SEQUENCER_LINGER": "5"}, "HUB_SEQUENCER_LINGER"),
         ({"HUB_DEMO": "maybe"}, "HUB_DEMO"),
         ({"HUB_AMQP_URL": "amqp://x"}, "HUB_REDIS_URL"),
         ({"HUB_EXCHANGE": "a.*"}, "HUB_EXCHANGE"),

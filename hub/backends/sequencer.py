@@ -4,7 +4,9 @@ One replica at a time consumes the ingest queue (single active consumer); when i
 RabbitMQ hands the queue, unacknowledged messages first, to another. Work goes in
 batches: whatever is buffered (at most ``PREFETCH`` messages) is read, appended in one
 Redis script call, published live in one write with one future for all its confirms
-(``hub.backends.batch_publish``), and acked with one ``multiple`` ack. Nothing is acked
+(``hub.backends.batch_publish``), and acked with one ``multiple`` ack; with
+``HUB_SEQUENCER_LINGER`` a batch's first message waits up to that long for others to
+join it (a batch costs a Redis call, a confirm and an ack whatever its size). Nothing is acked
 before its live publish is confirmed, so a crash anywhere means redelivery; redelivered
 ids are already in the stream and keep their offset, and are published live again
 (sessions drop offsets they already sent), because the crash may have come between the
@@ -141,6 +143,7 @@ class Sequencer:
         self._sweeping = asyncio.Lock()
         self._watching: asyncio.Task[None] | None = None
         self._careful = 0
+        self._head_since = 0.0  # loop time the buffer's head arrived at, or a moment before (``_linger``)
         self._live = BatchPublisher(settings.live_exchange, wire.LIVE_PROPERTIES)
         self.stats = SequencerStats()
         self.redis_error: str | None = None
@@ -256,17 +259,21 @@ class Sequencer:
         """A delivery, in the channel's reader task (``direct_dispatch``): buffered for ``_run``."""
         if self._draining:
             return  # left unacked: the channel's close gives it back (``stop``)
+        if not self._buffer:
+            self._head_since = asyncio.get_running_loop().time()
         self._buffer.append(message)
         self._ready.set()
 
     async def _run(self) -> None:
         """Messages leave the buffer, in order, only once done (sequenced or dead-lettered)."""
         buffer = self._buffer
+        loop = asyncio.get_running_loop()
         while True:
             while not buffer:
                 self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
+            await self._linger()
             while buffer and buffer[0].channel.is_closed:
                 buffer.popleft()  # the broker requeued it with its channel; it comes back redelivered
                 self._careful = max(0, self._careful - 1)
@@ -276,6 +283,7 @@ class Sequencer:
                 await self._one(buffer[0])
                 continue
             batch = list(itertools.takewhile(lambda message: not message.redelivered, buffer))
+            self._head_since = loop.time()  # what is buffered from now on arrived after this
             if await self._attempt(batch):
                 for _ in batch:
                     buffer.popleft()
@@ -283,6 +291,17 @@ class Sequencer:
             else:
                 self._careful = len(batch)  # one of them failed it: each alone now
                 await self._back_off()
+
+    async def _linger(self) -> None:
+        """Wait until the head of the buffer has waited ``sequencer_linger`` (never longer), unless
+        a full batch is in or the sequencer is draining: more messages join the batch, and each
+        batch costs a Redis call, a confirm and an ack whatever its size."""
+        linger = self._settings.sequencer_linger
+        if not linger or self._careful or self._draining or len(self._buffer) >= PREFETCH:
+            return
+        left = self._head_since + linger - asyncio.get_running_loop().time()
+        if left > 0:
+            await asyncio.sleep(left)  # lets the batch fill; bounded, not synchronisation
 
     async def _one(self, message: DeliveredMessage) -> None:
         """The head message alone: it failed a batch, or was delivered before, so it is counted."""

@@ -1,0 +1,37 @@
+"""``HUB_SEQUENCER_LINGER``: the sequencer lets a batch fill for that long (docs/operations.md §2).
+
+Against a real distributed hub: what is published while the head of the batch lingers is
+sequenced in that one batch (``hub_sequencer_batches_total``), and delivered in order.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.publisher import Publisher
+from tests.distributed_env import environment
+from tests.harness import run_hub
+
+pytestmark = pytest.mark.distributed
+
+#: Far longer than ten confirmed publishes take, even on a loaded CI box.
+LINGER = 1.0
+
+
+def counter(metrics: str, name: str) -> float:
+    [value] = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(f"{name} ")]
+    return value
+
+
+async def test_what_arrives_while_the_head_lingers_is_one_batch() -> None:
+    async with environment() as env, run_hub("distributed", env=env, sequencer_linger=LINGER) as hub:
+        client = await hub.connect("alice")
+        async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
+            for n in range(10):  # each one confirmed before the next is sent
+                await publisher.publish("alice", {"n": n})
+        frames = await client.notifications(10)
+        assert [frame["data"]["n"] for frame in frames] == list(range(10))
+        metrics = (await hub.http.get("/metrics")).text
+        assert counter(metrics, "hub_sequenced_total") == 10
+        assert counter(metrics, "hub_sequencer_batches_total") == 1
+        await client.close()
