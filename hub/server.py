@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from hub import gc_tuning
 from hub.app import create_app
 from hub.lean_async import LeanEvent, LeanQueue
 from hub.logs import uvicorn_log_config
@@ -144,8 +145,10 @@ async def serve(node: Node, *, reuse_port: bool = False) -> None:
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     with sock:
         restore_logging = quiet_libraries(settings)
+        gc_tuning.tune()
         await start_node(node)
         restore_logging()
+        gc_tuning.freeze()  # what start-up made lives as long as the process
         await _serve_started(node, sock)
 
 
