@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 import resource
@@ -191,12 +192,15 @@ async def _receiver_loop(conn: Connection, spec: ClientSpec) -> None:
             reply = await receiver.connect(cmd["users"], cmd["concurrency"], cmd.get("tries", 3))
         elif op == "storm":
             reply = await receiver.storm(cmd["concurrency"])
-        elif op == "reset":
+        elif op == "reset":  # a step begins: no collection pauses this process until its stats
             receiver.reset(cmd["run"])
+            gc.collect()
+            gc.disable()
         elif op == "count":
             reply = sum(len(s.seen) for s in receiver.socks)
-        elif op == "stats":
+        elif op == "stats":  # the step is over: collect what it left
             reply = receiver.stats()
+            gc.enable()
         elif op == "close":
             await receiver.close()
             conn.send(None)
