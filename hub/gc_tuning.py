@@ -6,9 +6,9 @@ default thresholds a young collection runs every 700 allocations, so objects tha
 few milliseconds are still alive at one, are promoted, and count towards the next *full*
 collection, which runs once the promoted objects reach a quarter of the old generation and
 walks all of it. Measured on a replica with 1,000 sockets, history on, 1,000-3,000
-notifications/s: full collections of 120,000-180,000 objects took 69-122 ms each, every few
-seconds, a stall of every socket of the replica (the p99 of that step went from ~7 to 81
-ms; docs/benchmarks.md, "GC pauses").
+notifications/s: full collections of 119,000-182,000 objects took 69-122 ms each, every few
+seconds, a stall of every socket of the replica (the p99 of such a step rose from 5-13 ms to
+up to 81 ms; docs/benchmarks.md, third round of issue 12).
 
 Two changes:
 
@@ -19,7 +19,8 @@ Two changes:
 - ``freeze``: once the replica has started, what imports and start-up made (modules,
   classes, settings, connections: tens of thousands of objects that live as long as the
   process) is moved out of the collector's sight (``gc.freeze``), so no full collection
-  walks it again.
+  walks it again. The price: a start-up object that later becomes cyclic garbage (a
+  connection replaced after an outage) is never collected, a bounded amount, once.
 
 Only ``hub serve`` calls these (a process of its own); the library and the tests do not.
 """
