@@ -259,7 +259,7 @@ class Sequencer:
         """A delivery, in the channel's reader task (``direct_dispatch``): buffered for ``_run``."""
         if self._draining:
             return  # left unacked: the channel's close gives it back (``stop``)
-        if not self._buffer:
+        if not self._buffer and self._settings.sequencer_linger:
             self._head_since = asyncio.get_running_loop().time()
         self._buffer.append(message)
         self._ready.set()
@@ -283,7 +283,8 @@ class Sequencer:
                 await self._one(buffer[0])
                 continue
             batch = list(itertools.takewhile(lambda message: not message.redelivered, buffer))
-            self._head_since = loop.time()  # what is buffered from now on arrived after this
+            if self._settings.sequencer_linger:
+                self._head_since = loop.time()  # what is buffered from now on arrived after this
             if await self._attempt(batch):
                 for _ in batch:
                     buffer.popleft()
