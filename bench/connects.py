@@ -39,7 +39,7 @@ from bench.private import private
 from bench.procstat import Sampler, rss_of
 from bench.profiles import Profile
 from bench.scenarios import Harness
-from bench.targets import Target, lookup
+from bench.targets import Target, lookup, name_part
 
 #: Redis db for every target of this probe (one target runs at a time): not the suite's 10/11.
 REDIS_DB = 14
@@ -68,8 +68,7 @@ def variant(name: str, label: str, hub_exe: str | None) -> Target:
     base = lookup(name)
     server = base.server if hub_exe is None else tuple(hub_exe if a == "{hub}" else a for a in base.server)
     db = REDIS_DB if base.redis_db is not None else None
-    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", label)  # a vhost name
-    return dataclasses.replace(base, name=f"perfc-{tag}", label=label, server=server, redis_db=db)
+    return dataclasses.replace(base, name=f"perfc-{name_part(label)}", label=label, server=server, redis_db=db)
 
 
 def _uptime() -> str:

@@ -320,6 +320,10 @@ def lookup(name: str) -> Target:
         if not sep or not key:
             raise KeyError(name)
         env[key] = value
-    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(settings))
     label = f"{target.label} [{', '.join(settings)}]"
-    return dataclasses.replace(target, name=f"{base}-{tag}", label=label, env=env)
+    return dataclasses.replace(target, name=f"{base}-{name_part('-'.join(settings))}", label=label, env=env)
+
+
+def name_part(text: str) -> str:
+    """``text`` fit for a target's name, which names its vhost: other characters become ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", text)
