@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from hub.backends.redis_batch import MAX_BATCH, RedisBatch, batch_for
+from hub.backends.redis_client import run_scripts
 from testkit.net import free_port
 from tests.services import missing
 
@@ -115,3 +116,33 @@ async def test_presence_and_history_of_one_client_share_one_batch(redis: aioredi
         assert batch_for(other, 1.0) is not batch_for(redis, 1.0)
     finally:
         await other.aclose()
+
+
+# run_scripts (hub.backends.redis_client): one call goes as a plain command, several as a
+# pipeline; both load a script Redis lacks and run only those calls again, and raise a
+# script's error once every call was attempted.
+
+WRITE_ONCE = "return redis.call('INCR', KEYS[1])"
+FAIL = "return redis.error_reply('BADTHING ' .. ARGV[1])"
+
+
+@pytest.mark.parametrize("calls", [1, 3])
+async def test_run_scripts_loads_an_unknown_script_and_runs_each_call_once(
+    redis: aioredis.Redis, prefix: str, calls: int
+) -> None:
+    script = redis.register_script(f"-- {uuid.uuid4().hex}\n{WRITE_ONCE}")  # a body no one loaded: NOSCRIPT
+    got = await run_scripts(redis, [(script, [f"{prefix}{i}"], []) for i in range(calls)])
+    assert got == [1] * calls  # each key incremented once: nothing ran twice
+    assert [int(await redis.get(f"{prefix}{i}")) for i in range(calls)] == [1] * calls
+
+
+@pytest.mark.parametrize("calls", [1, 3])
+async def test_run_scripts_raises_a_scripts_error_after_attempting_every_call(
+    redis: aioredis.Redis, prefix: str, calls: int
+) -> None:
+    fail = redis.register_script(FAIL)
+    write = redis.register_script(WRITE_ONCE)
+    batch = [(fail, [prefix + "x"], ["first"])] + [(write, [f"{prefix}{i}"], []) for i in range(calls - 1)]
+    with pytest.raises(ResponseError, match="BADTHING first"):
+        await run_scripts(redis, batch)
+    assert [int(await redis.get(f"{prefix}{i}")) for i in range(calls - 1)] == [1] * (calls - 1)

@@ -33,6 +33,7 @@ from redis.exceptions import (
     NoScriptError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -181,6 +182,13 @@ async def run_scripts(client: RedisClient, calls: Sequence[ScriptCall]) -> list[
 
 
 async def _pipelined(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Each call's answer, or its error (a ResponseError) in its place; a failed connection raises."""
+    if len(calls) == 1:  # a plain command: redis-py spends a fifth less on it than on a pipeline of one
+        script, keys, args = calls[0]
+        try:
+            return [await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)]
+        except ResponseError as exc:  # in its place, as the pipeline below answers it
+            return [exc]
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             # execute_command: redis-py's cluster pipeline refuses its ``evalsha`` method, not
