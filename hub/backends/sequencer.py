@@ -386,15 +386,20 @@ class Sequencer:
             for p, (offset, _) in zip(publishes, results, strict=True)
         ]
         # One write and one confirmation future for the batch (no task, lock or future each).
-        confirms: list[Awaitable[object]] = [await self._live.publish(live, frames)]
-        confirms += [self._dead_letter(live, message, kind, text) for message, kind, text in dead]
+        confirmed: Awaitable[object] = await self._live.publish(live, frames)
+        if dead:
+            confirms = [self._dead_letter(live, message, kind, text) for message, kind, text in dead]
+            confirmed = asyncio.gather(confirmed, *confirms)
         limit = CONFIRM_DEADLINES * self._settings.backend_timeout
         try:
             async with asyncio.timeout(limit):
-                await asyncio.gather(*confirms)
+                await confirmed
         except TimeoutError:
             raise ConfirmTimeout(f"no confirm of {len(batch)} live publishes within {limit:g} s") from None
-        await batch[-1].channel.basic_ack(_tag(batch[-1]), multiple=True)
+        # Not waiting for the ack's write: frames leave in order, so it goes before anything
+        # this channel sends later (its close included), and an ack lost with the connection
+        # means a redelivery, which the stream's dedup answers (module doc).
+        await batch[-1].channel.basic_ack(_tag(batch[-1]), multiple=True, wait=False)
         for _, kind, _ in dead:  # counted once done, not at each try
             self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
         self.stats.batches += 1
