@@ -128,7 +128,7 @@ BACKEND_GAUGES: dict[str, tuple[str, str]] = {
     ),
     "sequencer_inflight": (
         "hub_sequencer_inflight",
-        "Ingest messages delivered to this replica's sequencer and not yet acknowledged",
+        "Ingest messages delivered to this replica's sequencer and not yet sequenced or dead-lettered",
     ),
     "shards_held": ("hub_shards_held", "Ingest shards this replica sequences (HUB_INGEST_SHARDS > 1)"),
     "shard_members": (
