@@ -40,6 +40,7 @@ from bench.procstat import Sampler, rss_of
 from bench.profiles import Profile
 from bench.scenarios import Harness
 from bench.targets import Target, lookup, name_part
+from bench.workers import refusals
 
 #: Redis db for every target of this probe (one target runs at a time): not the suite's 10/11.
 REDIS_DB = 14
@@ -142,7 +143,7 @@ def storm(harness: Harness) -> dict[str, Any]:
         "receiving_s": (last - t_drop) / 1e9 if with_msg == len(harness.sock_users) else math.nan,
         "probe_publish_s": probe.wall_s,
         "probe_lost": probe.lost,
-        "errors": [e for x in replies for e in x["errors"]][:5],
+        "errors": refusals(replies),
         "load": _uptime(),
     }
 

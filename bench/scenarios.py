@@ -19,7 +19,7 @@ from bench.procstat import Sampler, rss_of
 from bench.profiles import Profile
 from bench.stats import summarize
 from bench.targets import Live, Target
-from bench.workers import Worker, publisher_main, receiver_main
+from bench.workers import Worker, publisher_main, receiver_main, refusals
 
 _run_ids = iter(range(1, 1 << 30))
 
@@ -107,7 +107,7 @@ class Harness:
             "failed": len(sock_users) - ok,
             "seconds": span,
             "connects_per_s": ok / span if span else 0.0,
-            "errors": [e for x in replies for e in x["errors"]][:5],
+            "errors": refusals(replies),
         }
 
     def _count(self) -> int:
@@ -202,7 +202,7 @@ class Harness:
             "receiving": with_msg,
             "recovered_s": (last - t_drop) / 1e9 if with_msg == len(self.sock_users) else math.nan,
             "probe_lost": probe.lost,
-            "errors": [e for x in replies for e in x["errors"]][:5],
+            "errors": refusals(replies),
         }
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import os
 import resource
 import time
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -111,7 +112,7 @@ class Receiver:
             self.drops += 1
         sock.ws = None
 
-    async def _open(self, sock: _Sock, gate: asyncio.Semaphore, errors: list[str], tries: int) -> bool:
+    async def _open(self, sock: _Sock, gate: asyncio.Semaphore, errors: Counter[str], tries: int) -> bool:
         async with gate:
             for _attempt in range(tries):
                 try:
@@ -119,8 +120,7 @@ class Receiver:
                     sock.task = asyncio.create_task(self._read(sock))
                     return True
                 except Exception as exc:
-                    if len(errors) < 5:
-                        errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
                     await asyncio.sleep(0.2)
         return False
 
@@ -128,13 +128,13 @@ class Receiver:
         """Open one socket per entry of ``users``, each tried up to ``tries`` times (0.2 s apart,
         as a client retries a 1013); report successes and timing."""
         gate = asyncio.Semaphore(concurrency)
-        errors: list[str] = []
+        errors: Counter[str] = Counter()
         socks = [_Sock(u) for u in users]
         self.socks.extend(socks)
         t0 = time.time_ns()
         ok = await asyncio.gather(*(self._open(s, gate, errors, tries) for s in socks))
         t1 = time.time_ns()
-        return {"ok": sum(ok), "failed": len(ok) - sum(ok), "t0": t0, "t1": t1, "errors": errors}
+        return {"ok": sum(ok), "failed": len(ok) - sum(ok), "t0": t0, "t1": t1, "errors": dict(errors)}
 
     async def storm(self, concurrency: int) -> dict[str, Any]:
         """Abort every socket at once (no close handshake), then reconnect them all."""
@@ -146,9 +146,15 @@ class Receiver:
         await asyncio.gather(*(s.task for s in self.socks if s.task), return_exceptions=True)
         self.storming = False
         gate = asyncio.Semaphore(concurrency)
-        errors: list[str] = []
+        errors: Counter[str] = Counter()
         ok = await asyncio.gather(*(self._open(s, gate, errors, 3) for s in self.socks))
-        return {"ok": sum(ok), "failed": len(ok) - sum(ok), "t_drop": t_drop, "t_all": time.time_ns(), "errors": errors}
+        return {
+            "ok": sum(ok),
+            "failed": len(ok) - sum(ok),
+            "t_drop": t_drop,
+            "t_all": time.time_ns(),
+            "errors": dict(errors),
+        }
 
     def reset(self, run: int) -> None:
         """Start counting payloads of ``run``; older runs count as stale."""
@@ -334,3 +340,11 @@ class Worker:
             self.proc.kill()
             self.proc.join(3)
         self.conn.close()
+
+
+def refusals(replies: list[dict[str, Any]]) -> dict[str, int]:
+    """The receivers' failed connect attempts (``connect``, ``storm``) summed by error text."""
+    total: Counter[str] = Counter()
+    for reply in replies:
+        total.update(reply["errors"])
+    return dict(total.most_common())
