@@ -27,6 +27,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def system_seconds(pid: int) -> float:
+    """stime of ``pid`` in seconds (the kernel's share: system calls), 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return int(fields[12]) / TICK
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` in bytes, 0 if it is gone."""
     try:

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import private, services
-from bench.procstat import TICK, cpu_seconds
+from bench.procstat import cpu_seconds, system_seconds
 from bench.publishers import AmqpSender, PublishSpec
 from bench.targets import API_KEY, lookup
 
@@ -36,15 +36,6 @@ def _metric(port: int, name: str) -> float:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def _system(pid: int) -> float:
-    """stime of ``pid`` in seconds (the kernel's share: system calls), 0.0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[12]) / TICK
-    except OSError:
-        return 0.0
 
 
 def _cpu(pids: list[int]) -> float:
@@ -82,13 +73,13 @@ def _one(name: str, messages: int, rate: float, spy_dir: Path | None) -> dict[st
             argv = [exe, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(out), "-p", str(live.pids[0])]
             spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = {k: _cpu(v) for k, v in groups.items()}
-        system = _system(live.pids[0])
+        system = system_seconds(live.pids[0])
         asyncio.run(_publish(live.amqp, messages, rate))
         deadline = time.monotonic() + 60
         while _metric(live.port, "hub_sequenced_total") - sequenced0 < messages and time.monotonic() < deadline:
             time.sleep(0.05)  # a poll with a deadline
         after = {k: _cpu(v) for k, v in groups.items()}
-        system = _system(live.pids[0]) - system
+        system = system_seconds(live.pids[0]) - system
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(20)
