@@ -22,20 +22,19 @@ def counter(metrics: str, name: str) -> float:
 
 async def test_a_replica_that_stops_acks_what_it_sequenced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sequencer, "ACK_DELAY", 3600.0)  # no ack but the one its close writes
-    async with environment() as env:
-        async with Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
-            async with run_hub("distributed", env=env) as first:
-                client = await first.connect("alice")
-                for n in range(5):
-                    await publisher.publish("alice", {"n": n})
-                assert [f["data"]["n"] for f in await client.notifications(5)] == list(range(5))
-                await client.close()
-            async with run_hub("distributed", env=env) as second:
-                client = await second.connect("alice")
-                await publisher.publish("alice", {"n": 5})
-                assert [f["data"]["n"] for f in await client.notifications(1)] == [5]
-                metrics = (await second.http.get("/metrics")).text
-                # had the first left its five unacked, they would have come here again, as duplicates
-                assert counter(metrics, "hub_duplicates_total") == 0
-                assert counter(metrics, "hub_sequenced_total") == 1
-                await client.close()
+    async with environment() as env, Publisher(env["HUB_AMQP_URL"], exchange=env["HUB_EXCHANGE"]) as publisher:
+        async with run_hub("distributed", env=env) as first:
+            client = await first.connect("alice")
+            for n in range(5):
+                await publisher.publish("alice", {"n": n})
+            assert [f["data"]["n"] for f in await client.notifications(5)] == list(range(5))
+            await client.close()
+        async with run_hub("distributed", env=env) as second:
+            client = await second.connect("alice")
+            await publisher.publish("alice", {"n": 5})
+            assert [f["data"]["n"] for f in await client.notifications(1)] == [5]
+            metrics = (await second.http.get("/metrics")).text
+            # had the first left its five unacked, they would have come here again, as duplicates
+            assert counter(metrics, "hub_duplicates_total") == 0
+            assert counter(metrics, "hub_sequenced_total") == 1
+            await client.close()
