@@ -5,7 +5,7 @@ RabbitMQ hands the queue, unacknowledged messages first, to another. Work goes i
 batches: whatever is buffered (at most ``PREFETCH`` messages) is read, appended in one
 Redis script call, published live in one write with one future for all its confirms
 (``hub.backends.batch_publish``), and acked with one ``multiple`` ack, which waits up to
-``ACK_DELAY`` for the batches done after it to go with it; with
+``ACK_DELAY`` for the batches done after it to go with it (``hub.backends.delayed_ack``); with
 ``HUB_SEQUENCER_LINGER`` a batch's first message waits up to that long for others to
 join it (a batch costs a Redis call, a confirm and an ack whatever its size). Nothing is acked
 before its live publish is confirmed, so a crash anywhere means redelivery; redelivered
@@ -52,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from hub import wire
 from hub.backends import direct_dispatch
 from hub.backends.batch_publish import BatchPublisher
+from hub.backends.delayed_ack import DelayedAck
 from hub.backends.redis_client import CLUSTER_AWAY
 from hub.backends.redis_history import JSON_KIND, RedisHistory
 from hub.backends.topology import declare_ingest
@@ -148,8 +149,7 @@ class Sequencer:
         self._careful = 0
         self._head_since = 0.0  # loop time the buffer's head arrived at, or a moment before (``_linger``)
         self._live = BatchPublisher(settings.live_exchange, wire.LIVE_PROPERTIES)
-        self._unacked: DeliveredMessage | None = None  # the newest done message not acked yet
-        self._acking: asyncio.TimerHandle | None = None
+        self._acks = DelayedAck(ACK_DELAY)
         self.stats = SequencerStats()
         self.redis_error: str | None = None
 
@@ -233,7 +233,7 @@ class Sequencer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._resubscribing = self._consuming = self._watching = None
-        await self._ack_pending()
+        await self._acks.settle(self._settings.backend_timeout)  # what is done, before the channel goes
 
     async def stop(self, grace: float) -> None:
         """Hand the queue over: take no more deliveries, finish what was delivered (at most
@@ -404,50 +404,12 @@ class Sequencer:
                 await confirmed
         except TimeoutError:
             raise ConfirmTimeout(f"no confirm of {len(batch)} live publishes within {limit:g} s") from None
-        self._ack_later(batch[-1])
+        self._acks.done(batch[-1])
         for _, kind, _ in dead:  # counted once done, not at each try
             self.stats.dead_letters[kind] = self.stats.dead_letters.get(kind, 0) + 1
         self.stats.batches += 1
         self.stats.sequenced += len(entries)
         self.stats.duplicates += sum(1 for _, dup in results if dup)
-
-    def _ack_later(self, message: DeliveredMessage) -> None:
-        """Ack ``message`` and every message delivered before it on its channel within
-        ``ACK_DELAY``, with whatever batches are done meanwhile: one ack frame for all.
-
-        An ack that never leaves (the channel or connection went first) means redelivery,
-        which the stream's dedup answers (module doc); ``close`` acks what is done first.
-        """
-        self._unacked = message
-        if self._acking is None:
-            self._acking = asyncio.get_running_loop().call_later(ACK_DELAY, self._ack_now)
-
-    def _take_unacked(self) -> DeliveredMessage | None:
-        """The message the pending ack is for, and no more pending ack; None when there is
-        none, or when its channel closed (its unacked messages come back redelivered)."""
-        if self._acking is not None:
-            self._acking.cancel()
-            self._acking = None
-        message, self._unacked = self._unacked, None
-        return None if message is None or message.channel.is_closed else message
-
-    def _ack_now(self) -> None:
-        """Write the pending ack, not waiting for the write: frames leave in order, so it goes
-        before anything the channel sends later."""
-        message = self._take_unacked()
-        if message is not None:
-            write = asyncio.ensure_future(message.channel.basic_ack(_tag(message), multiple=True, wait=False))
-            write.add_done_callback(_log_failed_ack)
-
-    async def _ack_pending(self) -> None:
-        """Write the pending ack and wait until it is written (within ``backend_timeout``): the
-        channel or connection may close next, and what is done would come back redelivered."""
-        message = self._take_unacked()
-        if message is None:
-            return
-        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError):
-            async with asyncio.timeout(self._settings.backend_timeout):
-                await message.channel.basic_ack(_tag(message), multiple=True)
 
     async def _append(self, entries: list[tuple[str, str, int, bytes, bytes]]) -> list[tuple[str, bool]]:
         """Append with retries while Redis is away (not ack, not drop); other errors fail the batch.
@@ -525,17 +487,6 @@ class Sequencer:
         return channel.basic_publish(
             message.body, exchange=self._settings.dead_letter, routing_key="dead", properties=properties, wait=False
         )
-
-
-def _log_failed_ack(write: asyncio.Future[None]) -> None:
-    if not write.cancelled() and write.exception() is not None:  # the channel closed: redelivered
-        log.debug("sequencer ack not written: %r", write.exception())
-
-
-def _tag(message: DeliveredMessage) -> int:
-    tag = message.delivery_tag
-    assert tag is not None, "expected a delivery (basic.deliver), got a message without a tag"
-    return tag
 
 
 def _identity(message: DeliveredMessage) -> str:
