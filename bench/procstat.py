@@ -17,24 +17,24 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds, 0.0 if it is gone."""
+def _times(pid: int) -> tuple[int, int]:
+    """(utime, stime) of ``pid`` in clock ticks, (0, 0) if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+        return 0, 0
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds, 0.0 if it is gone."""
+    return sum(_times(pid)) / TICK
 
 
 def system_seconds(pid: int) -> float:
     """stime of ``pid`` in seconds (the kernel's share: system calls), 0.0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return int(fields[12]) / TICK
+    return _times(pid)[1] / TICK
 
 
 def rss_bytes(pid: int) -> int:
