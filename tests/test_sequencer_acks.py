@@ -16,7 +16,7 @@ from hub.publisher import Publisher
 from testkit.services import rabbitmqctl
 from testkit.waiting import wait_for
 from tests.distributed_env import environment
-from tests.harness import run_hub
+from tests.harness import RunningHub, run_hub
 
 pytestmark = pytest.mark.distributed
 
@@ -24,6 +24,11 @@ pytestmark = pytest.mark.distributed
 def counter(metrics: str, name: str) -> float:
     [value] = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(f"{name} ")]
     return value
+
+
+async def counted(hub: RunningHub, name: str, at_least: float) -> bool:
+    """Whether ``hub``'s counter ``name`` has reached ``at_least``."""
+    return counter((await hub.http.get("/metrics")).text, name) >= at_least
 
 
 async def nothing_unacked(env: dict[str, str]) -> bool:
@@ -59,13 +64,17 @@ async def test_a_replica_that_stops_acks_what_it_sequenced(monkeypatch: pytest.M
             for n in range(5):
                 await publisher.publish("alice", {"n": n})
             assert [f["data"]["n"] for f in await client.notifications(5)] == list(range(5))
+            # a socket may get a notification before its batch is confirmed and counted done
+            await wait_for(lambda: counted(first, "hub_sequenced_total", 5), what="the first to sequence 5")
             await client.close()
         async with run_hub("distributed", env=env) as second:
             client = await second.connect("alice")
             await publisher.publish("alice", {"n": 5})
             assert [f["data"]["n"] for f in await client.notifications(1)] == [5]
+            # redelivered messages come first: had the first replica left its five unacked,
+            # the first one done here would be one of them, counted as a duplicate
+            await wait_for(lambda: counted(second, "hub_sequenced_total", 1), what="the second to sequence 1")
             metrics = (await second.http.get("/metrics")).text
-            # had the first left its five unacked, they would have come here again, as duplicates
             assert counter(metrics, "hub_duplicates_total") == 0
             assert counter(metrics, "hub_sequenced_total") == 1
             await client.close()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from hub.publisher import Publisher
+from testkit.waiting import wait_for
 from tests.distributed_env import environment
-from tests.harness import run_hub
+from tests.harness import RunningHub, run_hub
 
 pytestmark = pytest.mark.distributed
 
@@ -23,6 +24,11 @@ def counter(metrics: str, name: str) -> float:
     return value
 
 
+async def sequenced(hub: RunningHub, at_least: float) -> bool:
+    """Whether ``hub`` counts ``at_least`` notifications sequenced."""
+    return counter((await hub.http.get("/metrics")).text, "hub_sequenced_total") >= at_least
+
+
 async def test_what_arrives_while_the_head_lingers_is_one_batch() -> None:
     async with environment() as env, run_hub("distributed", env=env, sequencer_linger=LINGER) as hub:
         client = await hub.connect("alice")
@@ -31,6 +37,8 @@ async def test_what_arrives_while_the_head_lingers_is_one_batch() -> None:
                 await publisher.publish("alice", {"n": n})
         frames = await client.notifications(10)
         assert [frame["data"]["n"] for frame in frames] == list(range(10))
+        # a socket may get a notification before its batch is confirmed and counted done
+        await wait_for(lambda: sequenced(hub, 10), what="the hub to count 10 sequenced")
         metrics = (await hub.http.get("/metrics")).text
         assert counter(metrics, "hub_sequenced_total") == 10
         assert counter(metrics, "hub_sequencer_batches_total") == 1
