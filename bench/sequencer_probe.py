@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from bench import private, services
+from bench.connects import profiled
 from bench.procstat import cpu_seconds, system_seconds
 from bench.publishers import AmqpSender, PublishSpec
 from bench.targets import API_KEY, lookup
@@ -65,24 +63,19 @@ def _one(name: str, messages: int, rate: float, spy_dir: Path | None) -> dict[st
         sequenced0 = _metric(live.port, "hub_sequenced_total")
         batches0 = _metric(live.port, "hub_sequencer_batches_total")
         groups = {"hub": live.pids, "rabbitmq": services.rabbit_pids(), "redis": services.redis_pids()}
-        spy = None
+        out = None
         if spy_dir is not None:
             spy_dir.mkdir(parents=True, exist_ok=True)
             out = spy_dir / f"{name}-{time.strftime('%H%M%S')}.txt"
-            exe = str(Path(sys.executable).parent / "py-spy")
-            argv = [exe, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(out), "-p", str(live.pids[0])]
-            spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before = {k: _cpu(v) for k, v in groups.items()}
-        system = system_seconds(live.pids[0])
-        asyncio.run(_publish(live.amqp, messages, rate))
-        deadline = time.monotonic() + 60
-        while _metric(live.port, "hub_sequenced_total") - sequenced0 < messages and time.monotonic() < deadline:
-            time.sleep(0.05)  # a poll with a deadline
-        after = {k: _cpu(v) for k, v in groups.items()}
-        system = system_seconds(live.pids[0]) - system
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            spy.wait(20)
+        with profiled(live.pids, out):
+            before = {k: _cpu(v) for k, v in groups.items()}
+            system = system_seconds(live.pids[0])
+            asyncio.run(_publish(live.amqp, messages, rate))
+            deadline = time.monotonic() + 60
+            while _metric(live.port, "hub_sequenced_total") - sequenced0 < messages and time.monotonic() < deadline:
+                time.sleep(0.05)  # a poll with a deadline
+            after = {k: _cpu(v) for k, v in groups.items()}
+            system = system_seconds(live.pids[0]) - system
         done = _metric(live.port, "hub_sequenced_total") - sequenced0
         batches = _metric(live.port, "hub_sequencer_batches_total") - batches0
     row = {"sequenced": done, "per_batch": done / batches if batches else 0.0, "batches": batches}
