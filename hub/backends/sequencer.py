@@ -7,7 +7,7 @@ Redis script call, published live in one write with one future for all its confi
 (``hub.backends.batch_publish``), and acked with one ``multiple`` ack, which waits up to
 ``ACK_DELAY`` for the batches done after it to go with it (``hub.backends.delayed_ack``); with
 ``HUB_SEQUENCER_LINGER`` a batch's first message waits up to that long for others to
-join it (a batch costs a Redis call, a confirm and an ack whatever its size). Nothing is acked
+join it (a batch costs a Redis call and a confirm whatever its size). Nothing is acked
 before its live publish is confirmed, so a crash anywhere means redelivery; redelivered
 ids are already in the stream and keep their offset, and are published live again
 (sessions drop offsets they already sent), because the crash may have come between the
@@ -304,7 +304,7 @@ class Sequencer:
     async def _linger(self) -> None:
         """Wait until the head of the buffer has waited ``sequencer_linger`` (never longer), unless
         a full batch is in or the sequencer is draining: more messages join the batch, and each
-        batch costs a Redis call, a confirm and an ack whatever its size."""
+        batch costs a Redis call and a confirm whatever its size."""
         linger = self._settings.sequencer_linger
         if not linger or self._careful or self._draining or len(self._buffer) >= PREFETCH:
             return
