@@ -26,6 +26,7 @@ from hub.server import build_server
 from hub.settings import Settings
 from testkit.client import Client
 from testkit.clustered import clustered_environment
+from testkit.metrics import sample
 from testkit.net import free_port
 from testkit.services import environment
 from testkit.tokens import API_KEY, SECRET, make_token
@@ -114,6 +115,14 @@ class RunningHub:
         """An HTTP request with the API key (unless ``headers`` replaces it)."""
         headers = {"Authorization": f"Bearer {API_KEY}", **kwargs.pop("headers", {})}
         return await self.http.request(method, path, headers=headers, **kwargs)
+
+    async def metrics(self) -> str:
+        """The replica's ``/metrics`` text."""
+        return (await self.http.get("/metrics")).text
+
+    async def metric(self, name: str) -> float:
+        """One sample of ``/metrics`` (``testkit.metrics.sample``: 0 when absent)."""
+        return sample(await self.metrics(), name)
 
     async def publish(self, user: str | None = None, data: Any = None, **fields: Any) -> dict[str, Any]:
         """Publish over the HTTP API, asserting a 200; returns the answer (``id``, ``offset``)."""

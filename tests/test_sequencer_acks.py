@@ -13,6 +13,7 @@ import pytest
 
 from hub.backends import sequencer
 from hub.publisher import Publisher
+from testkit.metrics import sample
 from testkit.services import rabbitmqctl
 from testkit.waiting import wait_for
 from tests.distributed_env import environment
@@ -21,14 +22,9 @@ from tests.harness import RunningHub, run_hub
 pytestmark = pytest.mark.distributed
 
 
-def counter(metrics: str, name: str) -> float:
-    [value] = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(f"{name} ")]
-    return value
-
-
 async def counted(hub: RunningHub, name: str, at_least: float) -> bool:
     """Whether ``hub``'s counter ``name`` has reached ``at_least``."""
-    return counter((await hub.http.get("/metrics")).text, name) >= at_least
+    return await hub.metric(name) >= at_least
 
 
 async def nothing_unacked(env: dict[str, str]) -> bool:
@@ -74,7 +70,7 @@ async def test_a_replica_that_stops_acks_what_it_sequenced(monkeypatch: pytest.M
             # redelivered messages come first: had the first replica left its five unacked,
             # the first one done here would be one of them, counted as a duplicate
             await wait_for(lambda: counted(second, "hub_sequenced_total", 1), what="the second to sequence 1")
-            metrics = (await second.http.get("/metrics")).text
-            assert counter(metrics, "hub_duplicates_total") == 0
-            assert counter(metrics, "hub_sequenced_total") == 1
+            metrics = await second.metrics()
+            assert sample(metrics, "hub_duplicates_total") == 0
+            assert sample(metrics, "hub_sequenced_total") == 1
             await client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from hub.publisher import Publisher
+from testkit.metrics import sample
 from testkit.waiting import wait_for
 from tests.distributed_env import environment
 from tests.harness import RunningHub, run_hub
@@ -19,14 +20,9 @@ pytestmark = pytest.mark.distributed
 LINGER = 1.0
 
 
-def counter(metrics: str, name: str) -> float:
-    [value] = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(f"{name} ")]
-    return value
-
-
 async def sequenced(hub: RunningHub, at_least: float) -> bool:
     """Whether ``hub`` counts ``at_least`` notifications sequenced."""
-    return counter((await hub.http.get("/metrics")).text, "hub_sequenced_total") >= at_least
+    return await hub.metric("hub_sequenced_total") >= at_least
 
 
 async def test_what_arrives_while_the_head_lingers_is_one_batch() -> None:
@@ -39,7 +35,7 @@ async def test_what_arrives_while_the_head_lingers_is_one_batch() -> None:
         assert [frame["data"]["n"] for frame in frames] == list(range(10))
         # a socket may get a notification before its batch is confirmed and counted done
         await wait_for(lambda: sequenced(hub, 10), what="the hub to count 10 sequenced")
-        metrics = (await hub.http.get("/metrics")).text
-        assert counter(metrics, "hub_sequenced_total") == 10
-        assert counter(metrics, "hub_sequencer_batches_total") == 1
+        metrics = await hub.metrics()
+        assert sample(metrics, "hub_sequenced_total") == 10
+        assert sample(metrics, "hub_sequencer_batches_total") == 1
         await client.close()

@@ -24,20 +24,9 @@ from hub.node import Node
 from hub.notification import Notification
 from hub.server import build_server
 from hub.settings import Settings
+from testkit.metrics import sample
 from tests.harness import API_KEY, BACKENDS, SECRET, WITH_HISTORY, RunningHub, free_port, make_token, wait_for
 from tests.test_closes import expect_close, raw_client
-
-
-def metric(text: str, name: str) -> float:
-    """One sample of a Prometheus text exposition (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-async def metrics(hub: RunningHub) -> str:
-    return (await hub.http.get("/metrics")).text
 
 
 async def still_serves(hub: RunningHub, user: str = "witness") -> None:
@@ -115,9 +104,9 @@ async def test_sixty_thousand_brackets_are_4002(hub: RunningHub, where: str) -> 
     await client.ws.send("[" * 60_000)
     assert "nested" in await expect_close(client, CloseCode.PROTOCOL_ERROR)
     await still_serves(hub)
-    text = await metrics(hub)
-    assert metric(text, 'hub_closes_total{code="1011"}') == 0
-    assert metric(text, 'hub_errors_total{where="session"}') == 0
+    text = await hub.metrics()
+    assert sample(text, 'hub_closes_total{code="1011"}') == 0
+    assert sample(text, 'hub_errors_total{where="session"}') == 0
 
 
 async def test_deep_msgpack_is_4002(hub: RunningHub) -> None:
@@ -183,18 +172,18 @@ async def test_a_refresh_without_topics_takes_the_extra_ones_away(hub: RunningHu
 
 
 async def test_hub_connects_total_counts_every_accepted_connection(hub: RunningHub) -> None:
-    assert metric(await metrics(hub), "hub_connects_total") == 0
+    assert await hub.metric("hub_connects_total") == 0
     first = await hub.connect("1")
     second = await hub.connect("1", since={"user.1": "0-0"})  # a reconnect counts as a connect too
     refused = await hub.connect(token="not-a-jwt", expect_connected=False)
     await expect_close(refused, CloseCode.BAD_TOKEN)
-    text = await metrics(hub)
-    assert metric(text, "hub_connects_total") == 2  # the refused one was never accepted
-    assert metric(text, "hub_connections") == 2
+    text = await hub.metrics()
+    assert sample(text, "hub_connects_total") == 2  # the refused one was never accepted
+    assert sample(text, "hub_connections") == 2
     await first.close()
     await second.close()
     third = await hub.connect("1")
-    assert metric(await metrics(hub), "hub_connects_total") == 3
+    assert await hub.metric("hub_connects_total") == 3
     await third.close()
 
 
@@ -372,9 +361,9 @@ async def test_a_stalled_connect_is_1013_and_leaves_nothing(backend_name: str, w
         presence = await hub.api("GET", "/api/presence/stuck")
         assert presence.json()["connections"] == 0
         assert not hub.node.sessions
-        text = await metrics(hub)
-        assert metric(text, "hub_connections") == 0
-        assert metric(text, 'hub_closes_total{code="1011"}') == 0
+        text = await hub.metrics()
+        assert sample(text, "hub_connections") == 0
+        assert sample(text, 'hub_closes_total{code="1011"}') == 0
         again = await hub.connect("stuck")  # once the peer answers again, so does the hub
         await again.close()
 

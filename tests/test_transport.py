@@ -25,6 +25,7 @@ from websockets.frames import Frame, Opcode
 
 from hub.session import Session
 from hub.transport import ABORT, PeerGone, Transport
+from testkit.metrics import sample
 from tests.harness import RunningHub, make_token, run_hub, wait_for
 
 # ------------------------------------------------------------------ a scripted peer
@@ -292,14 +293,6 @@ def server_side_open(hub_port: int, client_port: int) -> bool:
     return False
 
 
-def metric(text: str, name: str) -> float:
-    """The value of one sample in a Prometheus text exposition (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def users_with_sessions(hub: RunningHub) -> list[str]:
     """The users of the hub's registered sessions, sorted."""
     return sorted(s.claims.user for s in hub.node.sessions if isinstance(s, Session) and s.claims is not None)
@@ -341,9 +334,9 @@ async def assert_nothing_remains(hub: RunningHub, user: str, client: RawClient, 
     await wait_for(lambda: session_tasks() <= before, timeout=30, what="the connection's tasks to end")
     presence = await hub.api("GET", f"/api/presence/{user}")
     assert presence.json()["connections"] == 0, presence.json()
-    metrics = (await hub.http.get("/metrics")).text
-    assert metric(metrics, "hub_connections") == 1  # the witness only
-    assert metric(metrics, "hub_connects_total") == 2
+    metrics = await hub.metrics()
+    assert sample(metrics, "hub_connections") == 1  # the witness only
+    assert sample(metrics, "hub_connects_total") == 2
 
 
 async def expect_witness_served(hub: RunningHub, listening: asyncio.Task[list[dict[str, Any]]], value: int) -> None:
@@ -427,8 +420,8 @@ async def test_a_client_that_talks_but_hardly_reads_is_aborted(backend: str) -> 
         await asyncio.wait_for(talk_and_sip(), 60)
         assert outcome == ["reset"]
         await assert_nothing_remains(hub, "slow", client, it.before)
-        metrics = (await hub.http.get("/metrics")).text
-        assert metric(metrics, 'hub_closes_total{code="1001"}') == 0  # it was heard all along
+        metrics = await hub.metrics()
+        assert sample(metrics, 'hub_closes_total{code="1001"}') == 0  # it was heard all along
         await expect_witness_served(hub, it.listening, 2)
 
 
@@ -441,9 +434,9 @@ async def test_an_overflow_is_noticed_while_a_write_is_stuck(backend: str) -> No
     async with run_hub(backend, **settings) as hub, scene(hub, "behind", 200) as it:
 
         async def closed_for_overflow() -> bool:
-            text = (await hub.http.get("/metrics")).text
-            overflows = metric(text, "hub_socket_overflows_total")
-            return overflows >= 1 and metric(text, 'hub_closes_total{code="1013"}') == overflows
+            text = await hub.metrics()
+            overflows = sample(text, "hub_socket_overflows_total")
+            return overflows >= 1 and sample(text, 'hub_closes_total{code="1013"}') == overflows
 
         await wait_for(closed_for_overflow, timeout=30, what="the overflow to be noticed and closed with 1013")
         assert await it.client.ends() == "reset"  # the 1013 could not get through: reset
