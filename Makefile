@@ -10,7 +10,7 @@ test:  ## every test: lint, types, Python suite, client-js unit and browser test
 	bash scripts/test.sh
 
 lint:
-	.venv/bin/ruff check hub publisher tests && .venv/bin/ruff format --check hub publisher tests && .venv/bin/mypy
+	.venv/bin/ruff check hub publisher tests testkit bench docker/cluster.py && .venv/bin/ruff format --check hub publisher tests testkit bench docker/cluster.py && .venv/bin/mypy
 
 bench:  ## the benchmark suite (bench/)
 	.venv/bin/python -m bench

@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 
@@ -82,7 +83,7 @@ async def _run(node: RabbitNode, variant: str, shape: str, count: int) -> float:
         channel = await connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=PREFETCH)
         name = f"bench.{int(time.time() * 1000)}"
-        arguments = {"x-max-priority": max_priority} if max_priority is not None else {}
+        arguments: dict[str, Any] = {"x-max-priority": max_priority} if max_priority is not None else {}
         queue = await channel.declare_queue(name, durable=True, arguments=arguments)
         before, started = node.cpu_seconds(), time.monotonic()
         if shape == "backlog":

@@ -144,7 +144,7 @@ class SocketIOSender:
 
     @classmethod
     async def open(cls, spec: PublishSpec) -> SocketIOSender:
-        import socketio  # type: ignore[import-untyped]
+        import socketio
 
         manager = socketio.AsyncAioPikaManager(spec.url, write_only=True)
         # Its lazy connect publishes through a half-initialised exchange when the first

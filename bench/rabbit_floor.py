@@ -38,7 +38,7 @@ from bench.private import private
 from bench.procstat import cpu_seconds
 
 EXCHANGE = "notifications.live"
-HUB_ARGUMENTS = {
+HUB_ARGUMENTS: dict[str, Any] = {
     "x-max-length": 1000,
     "x-overflow": "drop-head",
     "x-dead-letter-exchange": "",
@@ -53,8 +53,13 @@ async def _noop(message: Any) -> None:
 
 async def _setup(channel: aiormq.abc.AbstractChannel, args: dict[str, Any], pipelined: bool) -> str:
     queue = f"floor.{uuid.uuid4().hex}"
-    await channel.queue_declare(queue, exclusive=True, auto_delete=True, arguments=args, nowait=pipelined)
-    await channel.queue_bind(queue, EXCHANGE, routing_key=f"user.{queue[-8:]}", nowait=pipelined)
+    key = f"user.{queue[-8:]}"
+    if pipelined:  # no reply to wait for: the consume's reply comes after both
+        await channel.queue_declare(queue, exclusive=True, auto_delete=True, arguments=args, nowait=True)
+        await channel.queue_bind(queue, EXCHANGE, routing_key=key, nowait=True)
+    else:
+        await channel.queue_declare(queue, exclusive=True, auto_delete=True, arguments=args)
+        await channel.queue_bind(queue, EXCHANGE, routing_key=key)
     await channel.basic_consume(queue, _noop, consumer_tag=queue)
     return queue
 

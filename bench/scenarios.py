@@ -14,7 +14,7 @@ from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import services
+from bench import private, services
 from bench.procstat import Sampler, rss_of
 from bench.profiles import Profile
 from bench.stats import summarize
@@ -171,7 +171,7 @@ class Harness:
         result.errors = [e for p in pubs for e in p["errors"]][:5]
         usage = sampler.usage
         result.cpu_s = {k: round(u.cpu_s, 3) for k, u in usage.items()}
-        if services.private.current():
+        if private.current():
             result.redis_calls = {k: list(v) for k, v in services.redis_commandstats().items()}
         server = usage["target"].cpu_s + sum(usage[k].cpu_s for k in self.live.target.services)
         if result.delivered:

@@ -74,7 +74,7 @@ async def hub_process(connections: int) -> AsyncIterator[tuple[str, int]]:
 
 async def open_ws(base: str, user: str, deliver: Deliver) -> Callable[[], Awaitable[None]]:
     """One WebSocket connection of ``user``; returns its closer."""
-    ws: ClientConnection = await connect(base.replace("http", "ws") + "/ws", subprotocols=None, max_queue=None)  # type: ignore[arg-type]
+    ws: ClientConnection = await connect(base.replace("http", "ws") + "/ws", subprotocols=None, max_queue=None)
     await ws.send(json.dumps({"type": "connect", "token": make_token(user, ttl=3600)}))
     json.loads(await ws.recv())
 

@@ -10,7 +10,7 @@ bash scripts/setup.sh
 PYTHON_SOURCES=(hub publisher tests testkit bench docker/cluster.py)
 .venv/bin/ruff check "${PYTHON_SOURCES[@]}"
 .venv/bin/ruff format --check "${PYTHON_SOURCES[@]}"
-.venv/bin/mypy  # the packages named in pyproject.toml: hub, hubnotify (publisher/) and testkit, strict
+.venv/bin/mypy  # the packages named in pyproject.toml: hub, hubnotify (publisher/), testkit and bench, strict
 .venv/bin/pytest "$@"
 if [ -f client-js/package.json ]; then
   npm --prefix client-js test

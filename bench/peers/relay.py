@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import json
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import aio_pika
 from websockets.asyncio.server import ServerConnection, broadcast, serve
@@ -77,11 +79,10 @@ if __name__ == "__main__":
     parser.add_argument("--exchange", default="notifications")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio's loop")
     args = parser.parse_args()
+    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     if args.uvloop:
         import uvloop
 
         runner = uvloop.run
-    else:
-        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
         runner(main(args.port, args.amqp, args.exchange))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import socketio  # type: ignore[import-untyped]
+import socketio
 import uvicorn
 
 
