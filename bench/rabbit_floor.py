@@ -17,6 +17,11 @@ connect costs the broker in the end):
   dead-letter, expiry), to show what they cost.
 
 The queues are deleted (connection closed) between modes.
+
+``--phases`` instead does each step for all ``n`` queues before the next (declare, bind,
+consume, then cancel, which deletes the auto-delete queue), 64 in flight over 8
+channels, and reports the broker's CPU µs per queue and the rate of each step: what a
+connect would still cost the broker if part of its set-up were done ahead of it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
@@ -98,6 +104,39 @@ async def _mode(url: str, n: int, args: dict[str, Any], pipelined: bool, concurr
     }
 
 
+async def _phases(url: str, n: int) -> dict[str, dict[str, int]]:
+    """Broker CPU µs per queue and queues/s of each step of a queue's life, done for all
+    ``n`` queues before the next step starts."""
+    connection = await aiormq.connect(url)
+    try:
+        channels = [await connection.channel() for _ in range(8)]
+        await channels[0].exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
+        names = [f"floor.{uuid.uuid4().hex}" for _ in range(n)]
+        gate = asyncio.Semaphore(64)
+
+        async def step(call: Callable[[aiormq.abc.AbstractChannel, str], Awaitable[Any]]) -> dict[str, int]:
+            async def one(i: int) -> None:
+                async with gate:
+                    await call(channels[i % len(channels)], names[i])
+
+            cpu0, t0 = _cpu(), time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            wall = time.perf_counter() - t0
+            await asyncio.sleep(1)  # a cancelled consumer's queue is deleted after its cancel-ok
+            return {"rabbit_cpu_us": round((_cpu() - cpu0) / n * 1e6), "per_s": round(n / wall)}
+
+        return {
+            "declare": await step(
+                lambda ch, q: ch.queue_declare(q, exclusive=True, auto_delete=True, arguments=HUB_ARGUMENTS)
+            ),
+            "bind": await step(lambda ch, q: ch.queue_bind(q, EXCHANGE, routing_key=f"user.{q[-8:]}")),
+            "consume": await step(lambda ch, q: ch.basic_consume(q, _noop, consumer_tag=q)),
+            "cancel+delete": await step(lambda ch, q: ch.basic_cancel(q)),
+        }
+    finally:
+        await connection.close()
+
+
 def _cpu() -> float:
     total = 0.0
     for pid in services.rabbit_pids():
@@ -120,13 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rabbit_floor", description=__doc__)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--private", action="store_true", help="on a private RabbitMQ node (bench.private)")
+    p.add_argument("--phases", type=int, default=0, metavar="ROUNDS", help="the steps of a queue's life, apart")
     args = p.parse_args(argv)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with private() if args.private else contextlib.nullcontext():
         vhost = f"bench-floor-{os.getpid()}"
         url = services.create_vhost(vhost)
         try:
-            result = asyncio.run(_run(url, args.n))
+            if args.phases:
+                result: Any = [asyncio.run(_phases(url, args.n)) for _ in range(args.phases)]
+            else:
+                result = asyncio.run(_run(url, args.n))
         finally:
             services.delete_vhost(vhost)
     after = " ".join(f"{x:.2f}" for x in os.getloadavg())
