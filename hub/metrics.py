@@ -106,6 +106,10 @@ BACKEND_COUNTERS: dict[str, tuple[str, str]] = {
         "hub_broker_outage_closes",
         "Sockets closed with 1013 because no RabbitMQ node answered for HUB_BROKER_OUTAGE_CLOSE seconds",
     ),
+    "spare_queue_reuses": (
+        "hub_spare_queue_reuses",
+        "Sockets that took a closed socket's RabbitMQ queue instead of declaring one (HUB_SPARE_QUEUES)",
+    ),
     "redis_retries": ("hub_redis_retries", "Sequencer batches retried because Redis did not answer"),
     "history_skipped": (
         "hub_history_skipped",
@@ -129,6 +133,10 @@ BACKEND_GAUGES: dict[str, tuple[str, str]] = {
     "sequencer_inflight": (
         "hub_sequencer_inflight",
         "Ingest messages delivered to this replica's sequencer and not yet sequenced or dead-lettered",
+    ),
+    "spare_queues": (
+        "hub_spare_queues",
+        "Closed sockets' RabbitMQ queues this replica keeps, unbound, for the next sockets (HUB_SPARE_QUEUES)",
     ),
     "shards_held": ("hub_shards_held", "Ingest shards this replica sequences (HUB_INGEST_SHARDS > 1)"),
     "shard_members": (

@@ -137,6 +137,12 @@ class Settings:
     )
     max_connections_per_user: int = _setting(32, "open sockets per user across the deployment (over: close 4008)")
     socket_queue_size: int = _setting(1000, "notifications waiting per socket before it is closed with 1013")
+    spare_queues: int = _setting(
+        10_000,
+        "closed sockets' RabbitMQ queues a replica keeps, up to 30 s, for the next sockets: the same user "
+        "reconnecting takes its queue back at no cost to the broker, another user rebinds one instead of "
+        "declaring a queue; `0`: every queue is deleted with its socket (docs/protocol.md §5)",
+    )
     sse_ticket_ttl: float = _setting(
         30.0, "seconds an SSE ticket (`POST /sse/ticket`) stays valid; it is single-use (docs/protocol.md §10)"
     )
@@ -310,7 +316,7 @@ class Settings:
                 "HUB_INGEST_QUEUE_TYPE=quorum needs HUB_INGEST_MAX_PRIORITY=0: quorum queues on RabbitMQ 3.10 "
                 f"have no priorities (x-max-priority), got HUB_INGEST_MAX_PRIORITY={self.ingest_max_priority}"
             )
-        for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway"):
+        for name in ("history_size", "history_ttl", "drain_seconds", "jwt_leeway", "spare_queues"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative, got {getattr(self, name)}")
 

@@ -185,11 +185,24 @@ async def test_what_a_socket_queue_drops_overflows_its_socket() -> None:
         broker = backend.broker
         dropping = await broker.subscribe(["user.dl1"])
         other = await broker.subscribe(["user.dl2"])
-        death = {"queue": dropping.queue, "reason": "maxlen", "count": 1, "exchange": settings.exchange}
+
+        def death(queue: str, topic: str) -> dict[str, Any]:
+            """The ``x-death`` RabbitMQ writes on what ``queue`` dropped (routed by ``topic``)."""
+            return {
+                "queue": queue,
+                "reason": "maxlen",
+                "count": 1,
+                "exchange": settings.exchange,
+                "routing-keys": [topic],
+            }
+
         async with await aio_pika.connect(env["HUB_AMQP_URL"]) as connection:
             channel = await connection.channel()
-            message = aio_pika.Message(b"dropped", headers={"x-death": [death]})
-            await channel.default_exchange.publish(message, routing_key=broker.overflow_queue)
+            # first, what another socket's topic routed to ``other``'s queue (one that socket left
+            # as a spare, hub.backends.spare_queues): not ``other``'s overflow
+            for queue, topic in ((other.queue, "user.dl1"), (dropping.queue, "user.dl1")):
+                message = aio_pika.Message(b"dropped", headers={"x-death": [death(queue, topic)]})
+                await channel.default_exchange.publish(message, routing_key=broker.overflow_queue)
         with pytest.raises(SubscriptionOverflow):
             async with asyncio.timeout(10):
                 await dropping.receive()

@@ -9,6 +9,7 @@ hub/backends/direct_dispatch.py), with a parse that reads them as they are.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -29,12 +30,21 @@ class Owner:
         self.overflow_queue = "hub.overflow.test"
         self.dropped = 0
         self.overflows = 0
+        self.spares: Any = None  # nothing is closed here, only abandoned
 
 
-def parse(message: Any) -> Any:
-    if message == "unreadable":
+@dataclass(frozen=True)
+class Delivery:
+    """What the subscription reads of a delivery: its routing key, and a body for ``parse``."""
+
+    body: Any
+    routing_key: str = "user.1"
+
+
+def parse(message: Delivery) -> Any:
+    if message.body == "unreadable":
         raise ValueError("not a notification")
-    return message
+    return message.body
 
 
 def subscription() -> tuple[Owner, AmqpSubscription]:
@@ -43,9 +53,9 @@ def subscription() -> tuple[Owner, AmqpSubscription]:
     return owner, AmqpSubscription(owner, slot, ["user.1"], parse)
 
 
-async def deliver(sub: AmqpSubscription, *messages: Any) -> None:
-    for message in messages:
-        sub._on_message(message)
+async def deliver(sub: AmqpSubscription, *bodies: Any, routing_key: str = "user.1") -> None:
+    for body in bodies:
+        sub._on_message(Delivery(body, routing_key))  # type: ignore[arg-type]  # what it reads of one
 
 
 async def test_deliveries_come_out_in_order_and_ack_is_nothing_to_send() -> None:
@@ -70,6 +80,16 @@ async def test_up_to_the_bound_is_kept_past_it_the_subscription_overflows() -> N
     assert owner.overflows == 1
     with pytest.raises(SubscriptionOverflow):
         await sub.receive()
+
+
+async def test_only_what_its_own_topics_routed_is_handed_out() -> None:
+    """A queue a closed socket left (hub.backends.spare_queues) may still receive what was
+    routed to that socket's topics before its unbind: never handed to the next socket."""
+    owner, sub = subscription()
+    await deliver(sub, "for another user", routing_key="user.2")
+    await deliver(sub, "mine")
+    assert list(await sub.receive()) == ["mine"]
+    assert owner.dropped == 0  # not unreadable: not for this socket
 
 
 async def test_an_unreadable_delivery_is_counted_and_skipped() -> None:

@@ -63,6 +63,19 @@ def forget(channel: aiormq.abc.AbstractChannel, consumer_tag: str) -> None:
         handlers.pop(consumer_tag, None)
 
 
+def redirect(channel: aiormq.abc.AbstractChannel, consumer_tag: str, handler: Handler) -> bool:
+    """Hand the deliveries of ``consumer_tag`` (a consumer of ``channel``) to ``handler`` from
+    now on, without a new ``basic.consume``; False (nothing changed) when the channel could
+    not be hooked, or has no such consumer."""
+    handlers = _install(channel)
+    consumers: dict[str, Any] | None = getattr(channel, "consumers", None)
+    if handlers is None or consumers is None or consumer_tag not in consumers:
+        return False
+    handlers[consumer_tag] = handler
+    consumers[consumer_tag] = awaitable(handler)  # aiormq's path, for when it is forgotten
+    return True
+
+
 def registered(channel: aiormq.abc.AbstractChannel) -> int:
     """How many consumers of ``channel`` are served directly (0 when it could not be hooked)."""
     return len(getattr(channel, _HANDLERS, ()))

@@ -247,6 +247,8 @@ class DistributedBackend:
                 dropped=broker.dropped,
                 restore_failures=broker.restore_failures,
                 outage_closes=broker.outage_closes,
+                spare_queues=broker.spares.kept,
+                spare_queue_reuses=broker.spares.reused,
             )
         if self._history is not None:
             stats["history_skipped"] = self._history.skipped

@@ -1,8 +1,9 @@
 """A socket's live queue on a pooled channel.
 
 The live path is described in ``hub.backends.rabbitmq`` (which creates these). Each
-subscription declares an exclusive, auto-delete queue with a fresh name, bound to its
-topics and consumed on one of the broker's pooled channels (``ChannelSlot``), without
+subscription declares an exclusive, auto-delete queue with a fresh name (or takes a
+closed socket's queue, ``hub.backends.spare_queues``), bound to its topics and consumed
+on one of the broker's pooled channels (``ChannelSlot``), without
 acknowledgements (``no_ack``): the queue dies with the hub's connection or channel, so an
 ack would buy no durability, only flow control, and the hub's own bound replaces that.
 RabbitMQ pushes each delivery as it comes; the subscription buffers it until the session
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiormq
@@ -46,6 +48,29 @@ class QueueOwner(Protocol):
     overflow_queue: str  # where the queue dead-letters what it drops
     dropped: int  # unreadable live messages, counted
     overflows: int  # subscriptions that overflowed, counted
+
+    @property
+    def spares(self) -> Spares:
+        """Closed sockets' queues, for the next ones."""
+        ...
+
+
+class Spares(Protocol):
+    """Where a closed subscription's queue waits for the next (``hub.backends.spare_queues``)."""
+
+    def keep(self, slot: ChannelSlot, channel: aiormq.abc.AbstractChannel, queue: str, topics: Sequence[str]) -> bool:
+        """Keep ``queue``, bound to ``topics``, for a later subscription, or return False (cancel it then)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Spare:
+    """A kept queue: consumed on ``channel`` (``slot``'s, when it was kept), bound to ``topics``."""
+
+    queue: str
+    slot: ChannelSlot
+    channel: aiormq.abc.AbstractChannel
+    topics: tuple[str, ...]
 
 
 class ChannelSlot:
@@ -97,9 +122,13 @@ class AmqpSubscription:
         slot: ChannelSlot,
         topics: Sequence[str],
         parse: Callable[[DeliveredMessage], Notification],
+        spare: Spare | None = None,
     ) -> None:
+        """``spare``: a kept queue of ``slot``'s channel the first ``declare`` takes (and rebinds
+        if its topics differ) instead of declaring one."""
         self._broker = broker
         self._slot = slot
+        self._spare = spare
         self.topics = tuple(topics)
         self.queue = ""  # named by each ``declare``
         self._parse = parse
@@ -116,7 +145,9 @@ class AmqpSubscription:
         self.closed = False
 
     async def declare(self) -> None:
-        """Declare a fresh queue, bind and consume, in one round trip on the slot's current channel.
+        """Declare a fresh queue, bind and consume, in one round trip on the slot's current
+        channel; or take the spare this was given (a closed socket's queue, still bound and
+        consumed): as it is if it is bound to these topics, else rebound (``_rebind``).
 
         A fresh name every time: after a network partition the broker may still hold the
         previous queue, exclusive to a connection it has not yet found dead, and would
@@ -132,10 +163,54 @@ class AmqpSubscription:
             direct_dispatch.forget(channel, previous)
             await channel.basic_cancel(previous, nowait=True)  # never two consumers for one socket
         slot.subscriptions.pop(previous, None)
-        self.queue = queue = f"hub.sock.{uuid.uuid4().hex}"
+        spare, self._spare = self._spare, None
+        if spare is not None and not await self._adopt(spare, channel):
+            spare = None
+        self.queue = queue = spare.queue if spare is not None else f"hub.sock.{uuid.uuid4().hex}"
         self._generation = slot.generation
         if not self.closed:
             slot.subscriptions[queue] = self
+        if spare is None:
+            await self._declare_fresh(channel, queue)
+        elif spare.topics != self.topics:
+            await self._rebind(channel, queue, spare.topics)
+        self._consuming_on = channel
+        slot.answered = asyncio.get_running_loop().time()
+        if self.closed:
+            await self._cancel(channel)
+
+    async def _adopt(self, spare: Spare, channel: aiormq.abc.AbstractChannel) -> bool:
+        """Consume ``spare`` from now on, if it is still there on ``channel`` and this is not
+        closed; else cancel it (which deletes it) and return False."""
+        open_here = not self.closed and spare.channel is channel and not channel.is_closed
+        if open_here and direct_dispatch.redirect(channel, spare.queue, self._on_message):
+            return True
+        direct_dispatch.forget(spare.channel, spare.queue)
+        if not spare.channel.is_closed:
+            try:
+                await spare.channel.basic_cancel(spare.queue, nowait=True)
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+                log.debug("cancel of spare %s after its channel closed", spare.queue)
+        return False
+
+    async def _rebind(self, channel: aiormq.abc.AbstractChannel, queue: str, bound: Sequence[str]) -> None:
+        """Bind a spare queue (bound to ``bound``) to this socket's topics instead.
+
+        AMQP has no unbind without a reply: a round trip each; the binds but the last go
+        with ``nowait``, the last one's reply settling them (the channel answers in order).
+        """
+        exchange = self._broker.bind_exchange
+        for topic in bound:
+            if topic not in self.topics:
+                await channel.queue_unbind(queue, exchange, routing_key=topic)
+        new = [topic for topic in self.topics if topic not in bound]
+        for topic in new[:-1]:
+            await channel.queue_bind(queue, exchange, routing_key=topic, nowait=True)
+        if new:
+            await channel.queue_bind(queue, exchange, routing_key=new[-1])
+
+    async def _declare_fresh(self, channel: aiormq.abc.AbstractChannel, queue: str) -> None:
+        """Declare, bind and consume: the consume's reply settles all three."""
         settings = self._broker.settings
         arguments: dict[str, Any] = {
             "x-max-length": settings.socket_queue_size,
@@ -151,14 +226,15 @@ class AmqpSubscription:
             await channel.queue_bind(queue, self._broker.bind_exchange, routing_key=topic, nowait=True)
         # no_ack: the queue dies with this channel, so an ack would keep nothing safe (module doc).
         await direct_dispatch.consume(channel, queue, self._on_message, consumer_tag=queue, no_ack=True)
-        self._consuming_on = channel
-        slot.answered = asyncio.get_running_loop().time()
-        if self.closed:
-            await self._cancel(channel)
 
     def _on_message(self, message: DeliveredMessage) -> None:
-        """A delivery, in the channel's reader task (``direct_dispatch``): kept, never awaited."""
+        """A delivery, in the channel's reader task (``direct_dispatch``): kept, never awaited.
+
+        Only what one of this socket's own topics routed is kept: a spare queue (one a closed
+        socket left) may still receive what was routed to that socket's topics."""
         if self.closed or self._overflowed:  # the socket is going: nothing more is kept for it
+            return
+        if message.routing_key not in self.topics:
             return
         try:
             notification = self._parse(message)
@@ -250,11 +326,15 @@ class AmqpSubscription:
         self._buffer = []
 
     async def close(self) -> None:
+        """Keep the queue for the next socket (``hub.backends.spare_queues``), or delete it."""
         if self.closed:
             return
+        kept_whole = not (self._overflowed or self.restoring or self._lost is not None)
         self.abandon()
         channel = self._consuming_on
         if channel is not None and channel is self._slot.underlay and not channel.is_closed:
+            if kept_whole and self._broker.spares.keep(self._slot, channel, self.queue, self.topics):
+                return
             # Cancelling the only consumer deletes the auto-delete queue (and its messages).
             await self._cancel(channel)
 

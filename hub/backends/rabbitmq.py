@@ -10,8 +10,10 @@ to this replica's overflow queue, whose consumer marks the subscription overflow
 
 Cost per connect is one round trip: the queue declare and the binds are sent with
 ``nowait`` and the ``basic.consume`` that follows on the same channel is answered only
-after them, so its reply (or the channel error) settles all three. Subscriptions share a
-small pool of channels (RabbitMQ allows 2047 per connection); aiormq dispatches each
+after them, so its reply (or the channel error) settles all three. A closed socket's
+queue is kept a while for the next socket (``hub.backends.spare_queues``): its user coming
+back takes it as it is, at no cost to the broker. Subscriptions share a small pool of
+channels (RabbitMQ allows 2047 per connection); aiormq dispatches each
 delivery by consumer tag, which is the queue name (``hub.backends.live_queues``).
 
 Outages: ``publish`` and ``subscribe`` answer within ``backend_timeout`` (BackendUnavailable
@@ -44,6 +46,7 @@ from aiormq.abc import DeliveredMessage
 from hub import wire
 from hub.backends.base import BackendUnavailable, Receipt
 from hub.backends.live_queues import AmqpSubscription, ChannelSlot
+from hub.backends.spare_queues import SpareQueues
 from hub.backends.topology import declare_topology as declare_topology  # re-exported: moved to topology.py
 from hub.notification import Notification, now_ms
 from hub.settings import Settings
@@ -75,6 +78,7 @@ class LiveBroker:
         self.bind_exchange = settings.live_exchange if settings.history_enabled else settings.exchange
         self.overflow_queue = f"hub.overflow.{uuid.uuid4().hex}"
         self._slots: list[ChannelSlot] = []
+        self.spares = SpareQueues(settings.spare_queues)
         self._next = 0
         self._publish_channel: AbstractRobustChannel | None = None
         self._confirming: ConfirmingExchange | None = None
@@ -106,6 +110,8 @@ class LiveBroker:
             self._slots.append(slot)
         overflow = await self._slots[0].robust.declare_queue(self.overflow_queue, exclusive=True, auto_delete=True)
         await overflow.consume(self._on_overflow, no_ack=True)
+        if self.spares.limit > 0:
+            self._spawn(self.spares.sweep(), "hub-sweep-spare-queues")
         self._up.set()
         self._connection.close_callbacks.add(self._dropped)
         self._connection.reconnect_callbacks.add(self._reconnected)
@@ -214,13 +220,23 @@ class LiveBroker:
         log.info("restored %d of %d live queues after a channel reopen", restored, len(subscriptions))
 
     async def _on_overflow(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        """What a socket queue dropped (``x-max-length``): its subscription overflows, unless
+        the message was routed by none of its topics (``x-death``'s ``routing-keys``): then
+        it was for the socket whose queue it was before (``hub.backends.spare_queues``)."""
         deaths = message.headers.get("x-death")
         if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
             return
-        queue = deaths[0].get("queue")
+        queue, keys = deaths[0].get("queue"), deaths[0].get("routing-keys")
+        routed = (
+            [k.decode(errors="replace") if isinstance(k, bytes) else k for k in keys]
+            if isinstance(keys, list)
+            else None
+        )
         for slot in self._slots:
             subscription = slot.subscriptions.get(str(queue))
-            if subscription is not None and not subscription._overflowed:
+            if subscription is None or subscription._overflowed:
+                continue
+            if routed is None or any(key in subscription.topics for key in routed):
                 self.overflows += 1
                 subscription.overflow()
 
@@ -292,9 +308,11 @@ class LiveBroker:
         that outlives the deadline goes on in the background and cancels its consumer when
         the broker answers, so nothing is left behind.
         """
-        slot = self._usable_slot()
+        self._connected()
+        spare = self.spares.take(topics)  # taken here, not in declare: concurrent subscribes take different ones
+        slot = spare.slot if spare is not None else self._usable_slot()
         parse = _parse_live if self.settings.history_enabled else _parse_direct
-        subscription = AmqpSubscription(self, slot, topics, parse)
+        subscription = AmqpSubscription(self, slot, topics, parse, spare)
         declaring = self._spawn(subscription.declare(), "hub-declare-live-queue")
         timeout = self.settings.backend_timeout
         try:
