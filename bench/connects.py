@@ -123,9 +123,12 @@ def storm(harness: Harness) -> dict[str, Any]:
     publisher to reach each user once (the old probe split one round over the publishers:
     half the users never got one, and "receiving again" was always n/a).
     """
-    for r in harness.receivers:
-        r.send({"op": "storm", "concurrency": harness.profile.connect_concurrency})
-    replies = [r.recv(300) for r in harness.receivers]
+    with Sampler(harness.groups()) as sampler:
+        for r in harness.receivers:
+            r.send({"op": "storm", "concurrency": harness.profile.connect_concurrency})
+        replies = [r.recv(300) for r in harness.receivers]
+    usage = sampler.usage
+    server = usage["target"].cpu_s + sum(usage[k].cpu_s for k in harness.live.target.services)
     t_drop = min(x["t_drop"] for x in replies)
     t_all = max(x["t_all"] for x in replies)
     ok = sum(x["ok"] for x in replies)
@@ -144,18 +147,33 @@ def storm(harness: Harness) -> dict[str, Any]:
         "probe_publish_s": probe.wall_s,
         "probe_lost": probe.lost,
         "errors": refusals(replies),
+        # until every socket is back: the drop, the closes and the reconnects
+        "cpu_s": {k: round(u.cpu_s, 3) for k, u in usage.items()},
+        "cpu_us_per_socket": server / max(1, ok) * 1e6,
+        # sockets that took a closed socket's queue (hub.backends.spare_queues; 0 for the relay)
+        "spare_queue_reuses": _metrics(harness.live.port).get("hub_spare_queue_reuses_total", 0.0),
         "load": _uptime(),
     }
 
 
-def _closes(port: int) -> dict[str, float]:
-    """The hub's ``hub_closes_total`` by close code (empty for the relay)."""
+def _metrics(port: int) -> dict[str, float]:
+    """The hub's ``/metrics`` samples by name and labels (empty for the relay)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
     except OSError:
         return {}
-    return {m[1]: float(m[2]) for m in re.finditer(r'^hub_closes_total\{code="(\d+)"\} (\S+)', text, re.M)}
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
+
+
+def _closes(port: int) -> dict[str, float]:
+    """The hub's ``hub_closes_total`` by close code (empty for the relay)."""
+    closes = {}
+    for name, value in _metrics(port).items():
+        if m := re.fullmatch(r'hub_closes_total\{code="(\d+)"\}', name):
+            closes[m[1]] = value
+    return closes
 
 
 def run_target(target: Target, args: argparse.Namespace) -> dict[str, Any]:
