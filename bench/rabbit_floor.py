@@ -19,9 +19,9 @@ connect costs the broker in the end):
 The queues are deleted (connection closed) between modes.
 
 ``--phases`` instead does each step for all ``n`` queues before the next (declare, bind,
-consume, then cancel, which deletes the auto-delete queue), 64 in flight over 8
-channels, and reports the broker's CPU µs per queue and the rate of each step: what a
-connect would still cost the broker if part of its set-up were done ahead of it.
+consume, unbind and bind to another key, as a spare queue taken by another user is, then
+cancel, which deletes the auto-delete queue), 64 in flight over 8 channels, and reports
+the broker's CPU µs per queue and the rate of each step.
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ async def _phases(url: str, n: int) -> dict[str, dict[str, int]]:
             ),
             "bind": await step(lambda ch, q: ch.queue_bind(q, EXCHANGE, routing_key=f"user.{q[-8:]}")),
             "consume": await step(lambda ch, q: ch.basic_consume(q, _noop, consumer_tag=q)),
+            # what a spare queue taken by another user costs (hub.backends.spare_queues)
+            "unbind": await step(lambda ch, q: ch.queue_unbind(q, EXCHANGE, routing_key=f"user.{q[-8:]}")),
+            "bind again": await step(lambda ch, q: ch.queue_bind(q, EXCHANGE, routing_key=f"user.{q[:8]}")),
             "cancel+delete": await step(lambda ch, q: ch.basic_cancel(q)),
         }
     finally:
