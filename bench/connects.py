@@ -116,14 +116,14 @@ def connect_phase(harness: Harness, users: list[str], spy: Path | None = None, t
     return out
 
 
-def storm(harness: Harness) -> dict[str, Any]:
+def storm(harness: Harness, spy: Path | None = None) -> dict[str, Any]:
     """Drop every socket, reconnect all, then publish one notification to every user.
 
     Each publisher round-robins over every user, so the probe lasts long enough for each
     publisher to reach each user once (the old probe split one round over the publishers:
     half the users never got one, and "receiving again" was always n/a).
     """
-    with Sampler(harness.groups()) as sampler:
+    with profiled(harness.live.pids, spy), Sampler(harness.groups()) as sampler:
         for r in harness.receivers:
             r.send({"op": "storm", "concurrency": harness.profile.connect_concurrency})
         replies = [r.recv(300) for r in harness.receivers]
@@ -189,7 +189,7 @@ def run_target(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(3)
             out["connect"]["kb_per_socket"] = (rss_of(live.pids) - rss0) / max(1, out["connect"]["ok"]) / 1024
             if args.storm:
-                out["storm"] = storm(harness)
+                out["storm"] = storm(harness, spy and spy.with_name(f"{target.label}-storm.txt"))
         finally:
             harness.close()
     if args.burst:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--targets", default="relay,hub-dist,hub-dist-nohist")
     p.add_argument("--private", action="store_true", help="on a private RabbitMQ node and Redis (bench.private)")
-    p.add_argument("--py-spy", type=Path, default=None, help="record each hub's connect phase into this folder")
+    p.add_argument("--py-spy", type=Path, default=None, help="record each hub's connect phase and storm here")
     p.add_argument("--hub-exe", default=None, help="also run the hub targets with this hub executable ('before')")
     args = p.parse_args(argv)
     plan: list[Target] = []
