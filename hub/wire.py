@@ -6,7 +6,7 @@
   publish path checks ids and ttls with ``validate_message_id`` / ``validate_ttl``:
   those are the publish helper's (``hubnotify.message``), re-exported here.
 - Out: the live message (``json_frame``, ``LIVE_PROPERTIES``; ``parse_live`` reads it
-  back), the presence event (``presence_event``) and the dead letter
+  back), the presence event (``presence_event``, ``PRESENCE_PROPERTIES``) and the dead letter
   (``dead_letter_properties``).
 
 A message the hub cannot take raises ``Refused`` with a reason kind (``REASONS``) and
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
-import aio_pika
 from pamqp import encode
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
@@ -226,12 +225,15 @@ def parse_live(body: bytes) -> Notification:
     return LiveNotification(id=id, topic=topic, offset=offset, ts=ts, data=frame["data"], json_text=text)
 
 
-def presence_event(user: str, online: bool) -> tuple[str, aio_pika.Message]:
-    """The routing key and message of a presence change (docs/protocol.md §6)."""
+#: A presence event's properties (docs/protocol.md §6).
+PRESENCE_PROPERTIES: Final = Basic.Properties(content_type=JSON_TYPE, delivery_mode=2)
+
+
+def presence_event(user: str, online: bool) -> tuple[str, bytes]:
+    """The routing key and body of a presence change (docs/protocol.md §6), sent with
+    ``PRESENCE_PROPERTIES``."""
     kind = "online" if online else "offline"
-    body = dumps_json({"user": user, "online": online}).encode()
-    message = aio_pika.Message(body, content_type=JSON_TYPE, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-    return f"presence.{kind}.{user}", message
+    return f"presence.{kind}.{user}", dumps_json({"user": user, "online": online}).encode()
 
 
 # ------------------------------------------------------------------ dead letters

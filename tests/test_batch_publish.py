@@ -112,3 +112,27 @@ async def test_a_nack_fails_the_batch(channel: aiormq.Channel) -> None:
     again = await publisher.publish(channel, [(queue, b"still full")])  # the channel stays usable
     with pytest.raises(aiormq.exceptions.DeliveryError):
         await asyncio.wait_for(again, 10)
+
+
+async def test_sent_without_confirms_they_arrive_in_order_with_their_properties() -> None:
+    """``send``, on a channel without confirms (presence events): the same frames, nothing to settle."""
+    connection = await aio_pika.connect(amqp_url(process_vhost()), timeout=10)
+    async with connection:
+        robust = await connection.channel(publisher_confirms=False)
+        channel = await robust.get_underlay_channel()
+        assert isinstance(channel, aiormq.Channel)
+        declared = await channel.queue_declare(exclusive=True)
+        queue = declared.queue
+        assert queue is not None
+        publisher = BatchPublisher("", wire.PRESENCE_PROPERTIES)
+        bodies = [wire.presence_event(f"u{n}", n % 2 == 0)[1] for n in range(50)]
+        for body in bodies:
+            await publisher.send(channel, [(queue, body)])
+        got = [await channel.basic_get(queue, no_ack=True, timeout=10) for _ in bodies]
+        assert [m.body for m in got] == bodies
+        props = got[0].header.properties
+        assert (props.content_type, props.delivery_mode) == ("application/json", 2)
+        confirming = await (await connection.channel(publisher_confirms=True)).get_underlay_channel()
+        assert isinstance(confirming, aiormq.Channel)
+        with pytest.raises(ValueError, match="without publisher confirms"):
+            await publisher.send(confirming, [(queue, b"{}")])

@@ -354,13 +354,13 @@ def test_parse_live_never_crashes(body: bytes) -> None:
 
 
 def test_presence_event() -> None:
-    key, message = wire.presence_event("u-1", True)
+    key, body = wire.presence_event("u-1", True)
     assert key == "presence.online.u-1"
-    assert json.loads(message.body) == {"user": "u-1", "online": True}
-    assert message.properties.content_type == "application/json"
-    assert message.properties.delivery_mode == 2
-    key, message = wire.presence_event("u-1", False)
-    assert (key, json.loads(message.body)) == ("presence.offline.u-1", {"user": "u-1", "online": False})
+    assert json.loads(body) == {"user": "u-1", "online": True}
+    assert wire.PRESENCE_PROPERTIES.content_type == "application/json"
+    assert wire.PRESENCE_PROPERTIES.delivery_mode == 2
+    key, body = wire.presence_event("u-1", False)
+    assert (key, json.loads(body)) == ("presence.offline.u-1", {"user": "u-1", "online": False})
 
 
 def test_dead_letter_properties_are_encodable_for_any_client() -> None:

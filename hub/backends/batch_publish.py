@@ -15,7 +15,8 @@ and the batch gets one confirmation future, settled through the per-message stan
 reader finds by delivery tag (``Channel.confirmations``): it resolves once every message
 is acked, raises ``DeliveryError`` at a nack, and is rejected when the channel closes
 (the channel's future store), as ``basic_publish``'s futures are.
-Messages carry no ``message_id`` (nothing reads one on the live hop).
+Messages carry no ``message_id`` (nothing reads one on the live hop). ``BatchPublisher.send``
+writes the same frames on a channel without confirms (fire and forget: presence events).
 """
 
 from __future__ import annotations
@@ -110,6 +111,18 @@ class BatchPublisher:
                 confirmations[tag] = _Tag(batch)
             channel.delivery_tag = tag
         return batch.future
+
+    async def send(self, channel: aiormq.Channel, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Write ``messages`` (``(routing_key, body)``, in this order) on ``channel``, which must
+        not have publisher confirms: nothing is returned or awaited but the writer's queue.
+        Raises what ``publish`` raises before writing (nothing is sent then)."""
+        if channel.publisher_confirms:
+            raise ValueError(f"expected a channel without publisher confirms, got {channel!r}")
+        if not messages:
+            return
+        async with channel.lock:  # raises ChannelInvalidStateError when the channel is closed
+            payload = self.frames(channel.number, channel.max_content_size, messages)
+            await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
 
 
 class _Batch:

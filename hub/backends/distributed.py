@@ -27,6 +27,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from hub import amqp_decode, wire
 from hub.backends import amqp_writes, redis_client
 from hub.backends.base import BackendUnavailable, Presence
+from hub.backends.batch_publish import BatchPublisher
 from hub.backends.rabbitmq import LiveBroker
 from hub.backends.redis_history import RedisHistory
 from hub.backends.redis_presence import RedisPresence
@@ -101,7 +102,8 @@ class DistributedBackend:
         self._broker: LiveBroker | None = None
         self._sequencer: Sequencer | None = None
         self._shards: ShardCoordinator | None = None  # HUB_INGEST_SHARDS > 1 (hub/backends/shards.py)
-        self._presence_exchange: AbstractExchange | None = None
+        self._events: AbstractRobustChannel | None = None  # presence and read events
+        self._presence_events = BatchPublisher(settings.presence_exchange, wire.PRESENCE_PROPERTIES)
         self._read_exchange: AbstractExchange | None = None  # the live exchange, for read events
         self._observer: AbstractRobustChannel | None = None
         self._ingest: tuple[int, int] | None = None  # hub.ingest: messages, consumers (last seen)
@@ -176,7 +178,7 @@ class DistributedBackend:
             # Presence events are fire-and-forget (no confirm, no return): a connect must not
             # wait a broker round trip for an event nobody may be listening to.
             events = await connection.channel(publisher_confirms=False)
-            self._presence_exchange = await events.get_exchange(settings.presence_exchange, ensure=False)
+            self._events = events
             if self._reads is not None:
                 self._read_exchange = await events.get_exchange(settings.live_exchange, ensure=False)
             self._broker = LiveBroker(connection, settings)
@@ -295,16 +297,19 @@ class DistributedBackend:
         At most once: while RabbitMQ is away the event is dropped (raised as
         BackendUnavailable, which presence logs) rather than holding up the connect.
         """
-        exchange, connection = self._presence_exchange, self._connection
-        if exchange is None or connection is None:
+        events, connection = self._events, self._connection
+        if events is None or connection is None:
             return
         if not connection.connected.is_set():
             raise BackendUnavailable("presence event dropped: not connected to RabbitMQ")
-        routing_key, message = wire.presence_event(user, online)
         timeout = self._settings.backend_timeout
         try:
             async with asyncio.timeout(timeout):
-                await exchange.publish(message, routing_key=routing_key, mandatory=False)
+                # frames written as they are (hub.backends.batch_publish): no message object, lock
+                # wait or message id per event; a reconnect storm sends two per socket
+                channel = await events.get_underlay_channel()
+                assert isinstance(channel, aiormq.Channel), f"expected an aiormq Channel, got {type(channel).__name__}"
+                await self._presence_events.send(channel, [wire.presence_event(user, online)])
         except TimeoutError as exc:
             raise BackendUnavailable(f"presence event dropped: RabbitMQ took more than {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
