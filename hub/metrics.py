@@ -136,7 +136,7 @@ BACKEND_GAUGES: dict[str, tuple[str, str]] = {
     ),
     "spare_queues": (
         "hub_spare_queues",
-        "Closed sockets' RabbitMQ queues this replica keeps, unbound, for the next sockets (HUB_SPARE_QUEUES)",
+        "Closed sockets' RabbitMQ queues this replica keeps for the next sockets (HUB_SPARE_QUEUES)",
     ),
     "shards_held": ("hub_shards_held", "Ingest shards this replica sequences (HUB_INGEST_SHARDS > 1)"),
     "shard_members": (
