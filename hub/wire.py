@@ -227,6 +227,8 @@ def parse_live(body: bytes) -> Notification:
 
 #: A presence event's properties (docs/protocol.md §6).
 PRESENCE_PROPERTIES: Final = Basic.Properties(content_type=JSON_TYPE, delivery_mode=2)
+#: A read event's properties (docs/protocol.md §9): transient, like the live messages it goes with.
+READ_PROPERTIES: Final = Basic.Properties(content_type=JSON_TYPE)
 
 
 def presence_event(user: str, online: bool) -> tuple[str, bytes]:

@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from redis.exceptions import RedisClusterException, RedisError
 
 from hub import amqp_decode, wire
@@ -104,7 +103,7 @@ class DistributedBackend:
         self._shards: ShardCoordinator | None = None  # HUB_INGEST_SHARDS > 1 (hub/backends/shards.py)
         self._events: AbstractRobustChannel | None = None  # presence and read events
         self._presence_events = BatchPublisher(settings.presence_exchange, wire.PRESENCE_PROPERTIES)
-        self._read_exchange: AbstractExchange | None = None  # the live exchange, for read events
+        self._read_events = BatchPublisher(settings.live_exchange, wire.READ_PROPERTIES)
         self._observer: AbstractRobustChannel | None = None
         self._ingest: tuple[int, int] | None = None  # hub.ingest: messages, consumers (last seen)
 
@@ -179,8 +178,6 @@ class DistributedBackend:
             # wait a broker round trip for an event nobody may be listening to.
             events = await connection.channel(publisher_confirms=False)
             self._events = events
-            if self._reads is not None:
-                self._read_exchange = await events.get_exchange(settings.live_exchange, ensure=False)
             self._broker = LiveBroker(connection, settings)
             await self._broker.start()
             if self._history is not None and settings.ingest_shards > 1:
@@ -297,23 +294,9 @@ class DistributedBackend:
         At most once: while RabbitMQ is away the event is dropped (raised as
         BackendUnavailable, which presence logs) rather than holding up the connect.
         """
-        events, connection = self._events, self._connection
-        if events is None or connection is None:
+        if self._events is None:
             return
-        if not connection.connected.is_set():
-            raise BackendUnavailable("presence event dropped: not connected to RabbitMQ")
-        timeout = self._settings.backend_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                # frames written as they are (hub.backends.batch_publish): no message object, lock
-                # wait or message id per event; a reconnect storm sends two per socket
-                channel = await events.get_underlay_channel()
-                assert isinstance(channel, aiormq.Channel), f"expected an aiormq Channel, got {type(channel).__name__}"
-                await self._presence_events.send(channel, [wire.presence_event(user, online)])
-        except TimeoutError as exc:
-            raise BackendUnavailable(f"presence event dropped: RabbitMQ took more than {timeout:g} s") from exc
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise BackendUnavailable(f"presence event dropped: {exc!r}") from exc
+        await self._send_event(self._presence_events, *wire.presence_event(user, online), "presence event dropped")
 
     async def _announce_read(self, event: ReadEvent) -> None:
         """A read change to every socket of its user, on every replica: the ``read`` event on the
@@ -322,18 +305,26 @@ class DistributedBackend:
         At most once, like presence events; raises BackendUnavailable when RabbitMQ does not
         take it within ``backend_timeout`` (the state is saved: a reconnect shows it).
         """
-        exchange, connection = self._read_exchange, self._connection
-        if exchange is None or connection is None or not connection.connected.is_set():
-            raise BackendUnavailable("read event not sent: not connected to RabbitMQ")
-        message = aio_pika.Message(event_body(event), content_type=wire.JSON_TYPE)
+        await self._send_event(self._read_events, read_key(event.user), event_body(event), "read event not sent")
+
+    async def _send_event(self, publisher: BatchPublisher, routing_key: str, body: bytes, failed: str) -> None:
+        """One event on the events channel (no confirm), within ``backend_timeout``, or
+        BackendUnavailable starting with ``failed``. Written as frames (hub.backends.batch_publish):
+        no message object, lock wait or message id per event; a reconnect storm sends two
+        presence events per socket."""
+        events, connection = self._events, self._connection
+        if events is None or connection is None or not connection.connected.is_set():
+            raise BackendUnavailable(f"{failed}: not connected to RabbitMQ")
         timeout = self._settings.backend_timeout
         try:
             async with asyncio.timeout(timeout):
-                await exchange.publish(message, routing_key=read_key(event.user), mandatory=False)
+                channel = await events.get_underlay_channel()
+                assert isinstance(channel, aiormq.Channel), f"expected an aiormq Channel, got {type(channel).__name__}"
+                await publisher.send(channel, [(routing_key, body)])
         except TimeoutError as exc:
-            raise BackendUnavailable(f"read event not sent: RabbitMQ took more than {timeout:g} s") from exc
+            raise BackendUnavailable(f"{failed}: RabbitMQ took more than {timeout:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise BackendUnavailable(f"read event not sent: {exc!r}") from exc
+            raise BackendUnavailable(f"{failed}: {exc!r}") from exc
 
 
 async def _closed_within(what: str, closing: Awaitable[None], seconds: float) -> None:
