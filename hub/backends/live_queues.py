@@ -40,6 +40,18 @@ log = logging.getLogger("hub.rabbitmq")
 ORPHAN_EXPIRY_MS = 60_000
 
 
+async def cancel_consumer(channel: aiormq.abc.AbstractChannel, queue: str, within: float) -> None:
+    """Stop consuming ``queue`` (its consumer tag) on ``channel``, which deletes the auto-delete
+    queue; within ``within`` seconds. A channel that is gone took the consumer with it, and one that
+    is stuck is left to its own end: neither raises."""
+    direct_dispatch.forget(channel, queue)
+    try:
+        async with asyncio.timeout(within):
+            await channel.basic_cancel(queue, nowait=True)
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError):
+        log.debug("cancel of %s after its channel closed or stalled", queue)
+
+
 class QueueOwner(Protocol):
     """What a subscription needs of the broker that created it."""
 
@@ -185,12 +197,7 @@ class AmqpSubscription:
         open_here = not self.closed and spare.channel is channel and not channel.is_closed
         if open_here and direct_dispatch.redirect(channel, spare.queue, self._on_message):
             return True
-        direct_dispatch.forget(spare.channel, spare.queue)
-        if not spare.channel.is_closed:
-            try:
-                await spare.channel.basic_cancel(spare.queue, nowait=True)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-                log.debug("cancel of spare %s after its channel closed", spare.queue)
+        await cancel_consumer(spare.channel, spare.queue, self._broker.settings.backend_timeout)
         return False
 
     async def _rebind(self, channel: aiormq.abc.AbstractChannel, queue: str, bound: Sequence[str]) -> None:
@@ -339,10 +346,4 @@ class AmqpSubscription:
             await self._cancel(channel)
 
     async def _cancel(self, channel: aiormq.abc.AbstractChannel) -> None:
-        direct_dispatch.forget(channel, self.queue)
-        try:
-            async with asyncio.timeout(self._broker.settings.backend_timeout):
-                await channel.basic_cancel(self.queue, nowait=True)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError):
-            # The channel is gone (its consumers with it) or stuck: the queue expires unused.
-            log.debug("cancel of %s after its channel closed or stalled", self.queue)
+        await cancel_consumer(channel, self.queue, self._broker.settings.backend_timeout)

@@ -78,7 +78,7 @@ class LiveBroker:
         self.bind_exchange = settings.live_exchange if settings.history_enabled else settings.exchange
         self.overflow_queue = f"hub.overflow.{uuid.uuid4().hex}"
         self._slots: list[ChannelSlot] = []
-        self.spares = SpareQueues(settings.spare_queues)
+        self.spares = SpareQueues(settings.spare_queues, settings.backend_timeout)
         self._next = 0
         self._publish_channel: AbstractRobustChannel | None = None
         self._confirming: ConfirmingExchange | None = None

@@ -27,16 +27,13 @@ an overflow is charged to it only if the dropped message was routed by one of th
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 
 from hub.backends import direct_dispatch
-from hub.backends.live_queues import ChannelSlot, Spare
-
-log = logging.getLogger("hub.rabbitmq")
+from hub.backends.live_queues import ChannelSlot, Spare, cancel_consumer
 
 #: Seconds a spare queue waits for a socket before it is cancelled (and so deleted).
 SPARE_SECONDS = 30.0
@@ -54,9 +51,11 @@ def _alive(spare: Spare) -> bool:
 class SpareQueues:
     """The replica's spare socket queues, by name, oldest first."""
 
-    def __init__(self, limit: int) -> None:
-        """``limit``: ``HUB_SPARE_QUEUES``, the most kept at once (0: none)."""
+    def __init__(self, limit: int, timeout: float) -> None:
+        """``limit``: ``HUB_SPARE_QUEUES``, the most kept at once (0: none); ``timeout``: what
+        the cancel of a spare nobody took may take (``backend_timeout``)."""
         self.limit = limit
+        self._timeout = timeout
         self._kept: dict[str, tuple[Spare, float]] = {}  # name → (spare, loop time it goes at); oldest first
         self._by_topics: dict[tuple[str, ...], list[str]] = {}
         self.reused = 0  # sockets that took a spare instead of declaring a queue, counted
@@ -116,10 +115,5 @@ class SpareQueues:
                 if queue not in self._kept:
                     continue  # taken while an earlier cancel was written
                 spare = self._forget(queue)
-                if not _alive(spare):
-                    continue
-                direct_dispatch.forget(spare.channel, queue)
-                try:
-                    await spare.channel.basic_cancel(queue, nowait=True)
-                except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                    log.debug("could not cancel spare %s (%r); it goes with its channel", queue, exc)
+                if _alive(spare):
+                    await cancel_consumer(spare.channel, queue, self._timeout)
