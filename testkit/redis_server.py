@@ -21,6 +21,12 @@ from testkit.net import free_port, reachable
 from testkit.services import ServiceMissing
 
 START_TIMEOUT = 30.0
+#: First starts of one server tried, each on new ports, while its ports turn out taken.
+PORT_TRIES = 3
+
+
+class PortTaken(RuntimeError):
+    """The server could not listen: its port was taken after ``free_port`` chose it."""
 
 
 def redis_tool(name: str) -> str:
@@ -50,7 +56,26 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        """Start the server and return once its port accepts connections."""
+        """Start the server and return once its port accepts connections.
+
+        ``free_port`` only says a port was free a moment ago: on a first start that finds
+        its port (or its cluster bus port) taken since, the server gets new ones and is
+        started again, up to ``PORT_TRIES`` times. A restart keeps its ports (others know
+        them), and fails if they are taken."""
+        first = self.process is None
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                return self._start()
+            except PortTaken:
+                if not first or attempt == PORT_TRIES:
+                    raise
+                (self.base / "redis.log").unlink(missing_ok=True)  # the next try's lines only
+                self.port = free_port()
+                bus = free_port()
+                self.config = [f"cluster-port {bus}" if c.startswith("cluster-port ") else c for c in self.config]
+        raise AssertionError("unreachable")
+
+    def _start(self) -> RedisServer:
         self.base.mkdir(parents=True, exist_ok=True)
         conf = self.base / "redis.conf"
         lines = [
@@ -68,7 +93,9 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT
         while not reachable("127.0.0.1", self.port, timeout=0.5):
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server on {self.port} exited: {self.log_tail()}")
+                tail = self.log_tail()
+                error = PortTaken if "Address already in use" in tail else RuntimeError
+                raise error(f"redis-server on {self.port} exited: {tail}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on {self.port} did not listen within {START_TIMEOUT:g} s")
             time.sleep(0.05)  # polling the port with a deadline
