@@ -239,6 +239,27 @@ TARGETS: dict[str, Target] = {
             "sio",
             server=("{py}", "-m", "bench.peers.sio_server", "--port", "{port}", "--amqp", "{amqp}"),
         ),
+        # The design's floor (bench/peers/floor.py): a queue per socket, and a sequencer with history on.
+        Target(
+            "floor",
+            "design floor (queue per socket)",
+            "relay",
+            "amqp",
+            server=("{py}", "-m", "bench.peers.floor", "--port", "{port}", "--amqp", "{amqp}"),
+        ),
+        Target(
+            "floor-hist",
+            "design floor (queue per socket, sequenced into Redis)",
+            "relay",
+            "amqp",
+            redis_db=15,
+            services=("rabbitmq", "redis"),
+            server=(
+                *("{py}", "-m", "bench.peers.floor", "--port", "{port}"),
+                *("--amqp", "{amqp}", "--redis", "{redis}", "--history", "on"),
+            ),
+            ingest="hub.ingest",
+        ),
         Target("stomp", "RabbitMQ Web-STOMP", "stomp", "amqp"),
         Target("hub", "hub (embedded)", "hub", "http", vhost=False, server=_HUB, env=_HUB_ENV, services=()),
         Target(
