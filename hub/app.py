@@ -65,7 +65,8 @@ class HubApp:
         if codec is None:
             await send({"type": "websocket.close", "code": 1002})
             return
-        await Session(node, codec, codec.name if offered else None, receive, send).run()
+        send_now = scope.get("extensions", {}).get("hub.send_now")  # hub/server.py's server has it
+        await Session(node, codec, codec.name if offered else None, receive, send, send_now=send_now).run()
 
 
 def create_app(settings: Settings | None = None, node: Node | None = None) -> HubApp:

@@ -41,6 +41,17 @@ class Channel(Protocol):
         ``then`` runs once they are sent. Raises PeerGone."""
         ...
 
+    @property
+    def sends_at_once(self) -> bool:
+        """True when ``write_at_once`` may be used now: frames can be sent in the caller's task
+        (a WebSocket: hub/transport.py; never SSE) and nothing is queued or being sent."""
+        ...
+
+    def write_at_once(self, frame: Wire, then: Callable[[], None]) -> None:
+        """``write`` of one frame without awaiting, only when ``sends_at_once``: sent now if the
+        socket takes it, else queued; ``then`` runs once it is sent. Never raises."""
+        ...
+
     def ping(self, frame: Wire) -> None:
         """Queue a ping unless one is already waiting."""
         ...

@@ -5,7 +5,9 @@ notification is new, the ``Transport`` (hub/transport.py) writes them. The live 
 takes the next batch from the subscription as soon as the previous one is queued, so a
 socket that falls behind is noticed while its writes still wait on the client: its
 subscription overflows, or its own queue passes ``socket_queue_size``, and ``TooSlow``
-ends the connection (1013; the client resumes from history).
+ends the connection (1013; the client resumes from history). While the pump waits and
+nothing is queued, a notification is written where it arrives instead (``_write_direct``),
+without waking the pump: the usual case for a socket that keeps up.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Delivery:
 
     __slots__ = (
         "_codec",
+        "_direct",
         "_history",
         "_metrics",
         "_on_written",
@@ -61,6 +64,7 @@ class Delivery:
         self._subscription: Subscription | None = None
         self._unacked: list[Notification] = []  # queued since the subscription was last acked
         self._on_written = self._written  # bound once, not once per batch
+        self._direct = self._write_direct  # bound once, not once per receive
         self.cursor = Cursor()
 
     async def recover(self, topics: Sequence[str], since: Mapping[str, Offset], greeting: Greeting) -> None:
@@ -103,7 +107,7 @@ class Delivery:
         admit = self.cursor.admit
         while True:
             try:
-                batch = await subscription.receive()
+                batch = await subscription.receive(self._direct)
             except SubscriptionOverflow as exc:
                 raise self._too_slow(str(exc)) from None
             except SubscriptionGap:
@@ -119,6 +123,22 @@ class Delivery:
             if transport.backlog + len(frames) > bound:
                 raise self._too_slow(f"more than {bound} notifications waiting for one socket")
             await transport.write(frames, self._on_written)
+
+    def _write_direct(self, notification: Notification) -> bool:
+        """A live notification that came while ``pump`` waits, with nothing queued before it:
+        written here, in the backend's task, when the transport sends at once; False when
+        ``pump`` must take it (``Subscription.receive``). Spares the session's task a
+        wake-up per notification (docs/benchmarks.md, issue 12). Nothing is queued, so the
+        socket's bound cannot be passed here."""
+        transport = self._transport
+        if not transport.sends_at_once:
+            return False
+        if self.cursor.admit(notification.topic, notification.position):
+            wire = self._frame(notification)
+            if wire is not None:
+                self._unacked.append(notification)
+                transport.write_at_once(wire, self._on_written)
+        return True
 
     def _written(self) -> None:
         """After a batch's frames: once nothing taken is still unsent, count it all and ack it all."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 from hub import gc_tuning
 from hub.app import create_app
@@ -76,6 +77,36 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         elif message["type"] == "websocket.close" and self.close_timer is not None:
             self.close_timer.cancel()  # uvicorn's timer closes gracefully: never, if nobody reads
             self.close_timer = self.loop.call_later(self.close_timeout, self.abort)
+
+    async def run_asgi(self) -> None:
+        # The session's way to send without a task (hub/transport.py, ``SendNow``).
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions["hub.send_now"] = self.send_now
+        await super().run_asgi()
+
+    def send_now(self, message: Any) -> bool:
+        """Send a ``websocket.send`` message in the caller's task, as ``send`` would, if the
+        socket takes it at once; False (nothing sent) when ``send`` would wait or refuse:
+        before the upgrade, after the close, or while the write buffer is full."""
+        if (
+            self.disconnected
+            or not self.handshake_complete
+            or self.close_sent
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        ):
+            return False
+        data = message.get("bytes")
+        try:
+            if data is not None:
+                self.conn.send_binary(data)
+            else:
+                self.conn.send_text(message["text"].encode())
+        except InvalidState:  # the client's close came first: ``send`` raises ClientDisconnected
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     def abort(self) -> None:
         """Drop the TCP connection now, with a reset: nothing buffered is kept or sent."""

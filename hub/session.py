@@ -46,7 +46,7 @@ from hub.protocol import (
     parse_client_frame,
 )
 from hub.read_handler import mark_read, subscription_keys, unread_counts
-from hub.transport import PeerGone, Receive, Scope, Send, Transport
+from hub.transport import PeerGone, Receive, Scope, Send, SendNow, Transport
 
 __all__ = ["Disconnect", "Host", "Receive", "Scope", "Send", "Session", "State"]
 
@@ -114,15 +114,19 @@ class Session:
         receive: Receive,
         send: Send,
         channel: ChannelFactory | None = None,
+        send_now: SendNow | None = None,
     ) -> None:
-        """A session on the WebSocket of ``receive``/``send``, or on what ``channel`` makes (SSE)."""
+        """A session on the WebSocket of ``receive``/``send`` (and the server's ``send_now``,
+        if it has one: hub/transport.py), or on what ``channel`` makes (SSE)."""
         self.host = host
         self.codec = codec
         self._subprotocol = subprotocol
         settings = host.settings
         transport: Channel
         if channel is None:
-            transport = Transport(receive, send, send_timeout=settings.send_timeout, on_lost=self._gone)
+            transport = Transport(
+                receive, send, send_timeout=settings.send_timeout, on_lost=self._gone, send_now=send_now
+            )
         else:
             transport = channel(settings.send_timeout, self._gone)
         self.transport = transport

@@ -42,6 +42,11 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+#: The server's send without waiting: sends a ``websocket.send`` message in the caller's task
+#: and returns True, or returns False (nothing sent) when it cannot at once (its buffer is
+#: full, the connection is closing). The ASGI scope carries it as ``extensions["hub.send_now"]``
+#: (``LeanWebSocketProtocol.send_now`` in hub/server.py).
+SendNow = Callable[[Message], bool]
 
 #: The ASGI message asking the server to drop the TCP connection at once (hub/server.py).
 ABORT: Final[Message] = {"type": "hub.abort"}
@@ -89,6 +94,7 @@ class Transport:
         "_ping_pending",
         "_receive",
         "_send",
+        "_send_at_once",
         "_since",
         "_watch",
         "_writer",
@@ -98,10 +104,18 @@ class Transport:
     )
 
     def __init__(
-        self, receive: Receive, send: Send, *, send_timeout: float, on_lost: Callable[[], None] | None = None
+        self,
+        receive: Receive,
+        send: Send,
+        *,
+        send_timeout: float,
+        on_lost: Callable[[], None] | None = None,
+        send_now: SendNow | None = None,
     ) -> None:
+        """``send_now``: the server's send without waiting, if it has one (``write_at_once``)."""
         self._receive = receive
         self._send = send
+        self._send_at_once = send_now
         self.send_timeout = send_timeout
         self._on_lost = on_lost
         self._outbox: list[_Item] = []  # what is queued starts at _head (a list: idle sockets are many)
@@ -162,6 +176,41 @@ class Transport:
             outbox.append(then)
         if self._head < len(outbox):  # (a ping may have come while this task was writing)
             self._start_writer()
+
+    @property
+    def sends_at_once(self) -> bool:
+        """True when ``write_at_once`` may be used: the server can send without waiting, and
+        nothing is queued or being sent, nor the close, nor is the peer known to be gone."""
+        return (
+            self._send_at_once is not None
+            and self._writer is None
+            and self._head >= len(self._outbox)
+            and self._lost is None
+            and not self.closed
+        )
+
+    def write_at_once(self, frame: Wire, then: Callable[[], None]) -> None:
+        """``write`` of one frame without awaiting anything, for when ``sends_at_once``: it is
+        sent in the caller's task if the socket takes it at once (then ``then`` runs), else
+        queued for the writer task as ``write`` queues it. Never raises: a peer found gone
+        here is raised by the next ``write`` or ``flush``."""
+        send = self._send_at_once
+        assert send is not None, "expected write_at_once only when sends_at_once"
+        try:
+            sent = send(self._message(frame))
+        except OSError as exc:
+            self._lose(_broken(exc))
+            return
+        except Exception:  # as in the writer task: a bug must not pass for a sent frame
+            log.exception("a send failed: the connection is given up")
+            self._lose(PeerGone("a send failed"))
+            return
+        if sent:
+            then()
+            return
+        self._outbox += (frame, then)
+        self.backlog += 1
+        self._start_writer()
 
     async def _write_now(
         self, frames: Sequence[Wire], then: Callable[[], None] | None

@@ -123,3 +123,34 @@ async def test_after_a_restore_the_gap_comes_before_anything_delivered() -> None
     with pytest.raises(SubscriptionGap):
         await waiting
     assert list(await sub.receive()) == ["old", "new"]
+
+
+async def test_while_receive_waits_a_delivery_is_offered_to_direct_first() -> None:
+    _, sub = subscription()
+    offered: list[Any] = []
+    pending = asyncio.create_task(sub.receive(lambda n: offered.append(n) is None))  # takes each
+    await asyncio.sleep(0)
+    await deliver(sub, "a", "b")
+    assert offered == ["a", "b"]
+    assert not pending.done()
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await deliver(sub, "c")  # nobody waits: buffered, not offered
+    assert offered == ["a", "b"]
+    assert list(await sub.receive()) == ["c"]
+
+
+async def test_nothing_is_offered_before_a_gap_is_raised() -> None:
+    _, sub = subscription()
+    offered: list[Any] = []
+    pending = asyncio.create_task(sub.receive(lambda n: offered.append(n) is None))
+    await asyncio.sleep(0)
+    sub.suspend(deadline=10**9)
+    await deliver(sub, "held")  # the old queue's, while the new one is not there yet
+    sub.restored()
+    await deliver(sub, "after")
+    assert offered == []  # the back-fill goes first: both wait for the session
+    with pytest.raises(SubscriptionGap):
+        await pending
+    assert list(await sub.receive()) == ["held", "after"]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from hub.backends import create_backend
-from hub.backends.base import Backend, Connection, HistoryRead, Reads, Receipt, Subscription
+from hub.backends.base import Backend, Connection, Direct, HistoryRead, Reads, Receipt, Subscription
 from hub.codes import CloseCode
 from hub.node import Node
 from hub.notification import Notification
@@ -221,8 +221,8 @@ class Tracked:
         self.closed = False
         log.append(self)
 
-    async def receive(self) -> Sequence[Notification]:
-        return await self.inner.receive()
+    async def receive(self, direct: Direct | None = None) -> Sequence[Notification]:
+        return await self.inner.receive(direct)
 
     def ack(self) -> None:
         self.inner.ack()

@@ -61,6 +61,15 @@ class Peer:
             message["text"].encode()  # as the server does: a lone surrogate fails here
         self.sent.append(dict(message))
 
+    def send_now(self, message: Any) -> bool:
+        """The server's send without waiting (``SendNow``): False while held."""
+        if not self.open.is_set():
+            return False
+        if self.broken:
+            raise ConnectionResetError("peer reset")
+        self.sent.append(dict(message))
+        return True
+
     async def receive(self) -> dict[str, Any]:
         return await self.incoming.get()
 
@@ -223,6 +232,73 @@ async def test_discard_stops_a_stuck_writer() -> None:
     await transport.discard()
     assert writers() == []
     assert transport.backlog == 0
+
+
+# ------------------------------------------------ a frame written at once (write_at_once)
+
+
+def at_once(peer: Peer, send_timeout: float = 5) -> Transport:
+    return Transport(peer.receive, peer.send, send_timeout=send_timeout, send_now=peer.send_now)
+
+
+async def test_a_frame_written_at_once_is_sent_in_the_callers_task() -> None:
+    peer = Peer()
+    done: list[list[str]] = []
+    transport = at_once(peer)
+    assert transport.sends_at_once
+    transport.write_at_once("a", lambda: done.append(peer.texts()))  # nothing awaited
+    assert peer.texts() == ["a"]
+    assert done == [["a"]]
+    assert transport.backlog == 0
+    assert writers() == []
+    assert transport.sends_at_once  # and the next one can go the same way
+
+
+async def test_a_frame_the_socket_cannot_take_at_once_is_queued_before_later_writes() -> None:
+    peer = Peer()
+    done: list[int] = []
+    transport = at_once(peer)
+    peer.hold()
+    transport.write_at_once("a", lambda: done.append(len(peer.texts())))
+    assert (peer.texts(), transport.backlog, len(writers())) == ([], 1, 1)
+    assert not transport.sends_at_once  # something is queued: the next frame must queue behind it
+    await transport.write(["b"])
+    peer.release()
+    await transport.flush()
+    assert peer.texts() == ["a", "b"]
+    assert done == [1]  # once "a" was sent, before "b"
+    assert transport.sends_at_once
+
+
+async def test_sends_at_once_only_with_the_servers_send_and_nothing_else_going() -> None:
+    peer = Peer()
+    assert not Transport(peer.receive, peer.send, send_timeout=5).sends_at_once  # no send_now (SSE)
+    transport = at_once(peer)
+    transport.ping("ping")  # the writer task has it
+    assert not transport.sends_at_once
+    await transport.flush()
+    assert transport.sends_at_once
+    await transport.close(1000, "bye", "farewell")
+    assert not transport.sends_at_once  # after the close nothing more is sent
+    broken = Peer()
+    broken.broken = True
+    lost = at_once(broken)
+    lost.write_at_once("x", lambda: None)
+    assert not lost.sends_at_once
+
+
+async def test_a_broken_socket_found_at_once_is_raised_by_the_next_write() -> None:
+    peer = Peer()
+    gone: list[str] = []
+    transport = Transport(
+        peer.receive, peer.send, send_timeout=5, send_now=peer.send_now, on_lost=lambda: gone.append("lost")
+    )
+    peer.broken = True
+    ran: list[str] = []
+    transport.write_at_once("a", lambda: ran.append("then"))  # never raises
+    assert (transport.lost, gone, ran) == (True, ["lost"], [])
+    with pytest.raises(PeerGone):
+        await transport.write(["b"])
 
 
 # --------------------------------------------------------- the client that never reads

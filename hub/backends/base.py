@@ -9,7 +9,7 @@ with RabbitMQ and Redis. One contract test suite runs against every implementati
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +45,11 @@ class SubscriptionLost(BackendUnavailable):
     """
 
 
+#: Takes one live notification where it arrives, instead of ``Subscription.receive`` returning
+#: it: True when it took it (hub/delivery.py writes it to the socket then and there).
+Direct = Callable[[Notification], bool]
+
+
 class Subscription(Protocol):
     """Live notifications for one socket's topics, in per-topic order, bounded.
 
@@ -52,8 +57,14 @@ class Subscription(Protocol):
     ``ack``; unacknowledged notifications count against the bound.
     """
 
-    async def receive(self) -> Sequence[Notification]:
+    async def receive(self, direct: Direct | None = None) -> Sequence[Notification]:
         """Wait for at least one notification and return every one buffered, oldest first.
+
+        While it waits with nothing buffered, each notification that arrives is offered to
+        ``direct`` first, in the backend's task: one it takes (True) is never returned;
+        from the first one it declines, they are buffered and returned as before. So
+        ``direct`` sees notifications only while its caller waits here, in order with what
+        ``receive`` returns; it must not block or raise.
 
         Raises SubscriptionOverflow when the bound was exceeded, SubscriptionGap when
         messages may have been missed but the subscription goes on, SubscriptionLost

@@ -29,7 +29,7 @@ from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 
 from hub.backends import direct_dispatch
-from hub.backends.base import SubscriptionGap, SubscriptionLost, SubscriptionOverflow
+from hub.backends.base import Direct, SubscriptionGap, SubscriptionLost, SubscriptionOverflow
 from hub.lean_async import LeanEvent
 from hub.notification import Notification
 from hub.settings import Settings
@@ -155,6 +155,7 @@ class AmqpSubscription:
         self.restoring = False
         self.restore_by: float | None = None  # loop time: restored by then, or lost
         self.closed = False
+        self._direct: Direct | None = None  # set while ``receive`` waits
 
     async def declare(self) -> None:
         """Declare a fresh queue, bind and consume, in one round trip on the slot's current
@@ -250,6 +251,10 @@ class AmqpSubscription:
             self._broker.dropped += 1
             return
         buffer = self._buffer
+        direct = self._direct  # set while the session waits in ``receive``
+        # Never before a gap is filled or the queue is back: what those bring comes first.
+        if direct is not None and not (buffer or self._gap or self.restoring or self._lost) and direct(notification):
+            return  # sent from here: the session's task is spared a wake-up (base.Subscription)
         if len(buffer) >= self._bound:
             # The session has not taken ``socket_queue_size`` deliveries: the socket (or its
             # back-fill) is that far behind. Dropped, not kept: it is closed with 1013.
@@ -299,7 +304,7 @@ class AmqpSubscription:
         self._slot.subscriptions.pop(self.queue, None)
         self._ready.set()
 
-    async def receive(self) -> Sequence[Notification]:
+    async def receive(self, direct: Direct | None = None) -> Sequence[Notification]:
         while True:
             if self._lost is not None:
                 raise SubscriptionLost(self._lost)
@@ -314,7 +319,11 @@ class AmqpSubscription:
                 if self._buffer:
                     break
             self._ready.clear()
-            await self._ready.wait()
+            self._direct = direct
+            try:
+                await self._ready.wait()
+            finally:
+                self._direct = None
         batch, self._buffer = self._buffer, []
         return batch
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from hub.backends.base import (
     Connection,
+    Direct,
     HistoryRead,
     Receipt,
     SubscriptionOverflow,
@@ -141,11 +142,15 @@ class _MemorySubscription:
         self._buffer: list[Notification] = []
         self._ready = LeanEvent()  # one per socket: hub.lean_async
         self._overflowed = False
+        self._direct: Direct | None = None  # set while ``receive`` waits
         self.closed = False
 
     def push(self, notification: Notification) -> None:
         if self._overflowed:
             return
+        direct = self._direct
+        if direct is not None and not self._buffer and direct(notification):
+            return  # sent from here (base.Subscription.receive)
         if len(self._buffer) >= self._bound:
             self._overflowed = True
             self._buffer.clear()
@@ -154,10 +159,14 @@ class _MemorySubscription:
             self._buffer.append(notification)
         self._ready.set()
 
-    async def receive(self) -> Sequence[Notification]:
+    async def receive(self, direct: Direct | None = None) -> Sequence[Notification]:
         while not self._buffer and not self._overflowed:
             self._ready.clear()
-            await self._ready.wait()
+            self._direct = direct
+            try:
+                await self._ready.wait()
+            finally:
+                self._direct = None
         if self._overflowed:
             raise SubscriptionOverflow(f"more than {self._bound} notifications waiting for one socket")
         batch, self._buffer = self._buffer, []
