@@ -3,9 +3,12 @@
 Everything the hub sends on a WebSocket goes through ``Transport``: the upgrade's
 acceptance, notifications, the ``connected`` frame, pings, the ``error`` frame and the
 close. When nothing is queued and the socket can take a frame at once, ``write`` sends
-it right away (the common case: no task, no extra turn of the event loop). Otherwise
-frames wait in one outbox, in order, and one writer task sends them: a ping cannot race
-a frame, pings cannot pile up behind a stuck send (one at most is pending), and a close
+it right away (the common case: no task, no extra turn of the event loop);
+``write_at_once`` does the same for one frame without awaiting anything, through the
+server's ``send_now`` (hub/server.py), for code outside the session's task (a live
+notification written where it arrives: hub/delivery.py). Otherwise frames wait in one
+outbox, in order, and one writer task sends them: a ping cannot race a frame, pings
+cannot pile up behind a stuck send (one at most is pending), and a close
 comes after what is being sent and instead of what is still queued. Only the writer
 task ever waits on the client, so whoever writes is never stuck (the session keeps
 reading its subscription); the writer task exists only while the outbox holds
