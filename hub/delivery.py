@@ -104,7 +104,7 @@ class Delivery:
         self._subscription = subscription
         transport = self._transport
         bound = self._settings.socket_queue_size
-        admit = self.cursor.admit
+        take = self._take
         while True:
             try:
                 batch = await subscription.receive(self._direct)
@@ -113,13 +113,7 @@ class Delivery:
             except SubscriptionGap:
                 await self._backfill()
                 continue
-            frames: list[Wire] = []
-            for notification in batch:
-                if admit(notification.topic, notification.position):
-                    wire = self._frame(notification)
-                    if wire is not None:
-                        frames.append(wire)
-                        self._unacked.append(notification)
+            frames = [wire for wire in map(take, batch) if wire is not None]
             if transport.backlog + len(frames) > bound:
                 raise self._too_slow(f"more than {bound} notifications waiting for one socket")
             await transport.write(frames, self._on_written)
@@ -133,12 +127,20 @@ class Delivery:
         transport = self._transport
         if not transport.sends_at_once:
             return False
-        if self.cursor.admit(notification.topic, notification.position):
-            wire = self._frame(notification)
-            if wire is not None:
-                self._unacked.append(notification)
-                transport.write_at_once(wire, self._on_written)
+        wire = self._take(notification)
+        if wire is not None:
+            transport.write_at_once(wire, self._on_written)
         return True
+
+    def _take(self, notification: Notification) -> Wire | None:
+        """The frame of a live notification new to the cursor, which now counts it as sent and
+        unacked; None for a duplicate or one that cannot be encoded (``_frame``)."""
+        if not self.cursor.admit(notification.topic, notification.position):
+            return None
+        wire = self._frame(notification)
+        if wire is not None:
+            self._unacked.append(notification)
+        return wire
 
     def _written(self) -> None:
         """After a batch's frames: once nothing taken is still unsent, count it all and ack it all."""
