@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import signal
 from collections import deque
 from typing import Any
@@ -46,6 +45,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
+from bench.peers.relay import read_user
 from hub.backends import direct_dispatch
 from hub.backends.batch_publish import BatchPublisher
 from hub.backends.delayed_ack import DelayedAck
@@ -88,10 +88,8 @@ class Floor:
 
     async def handle(self, ws: ServerConnection) -> None:
         """One socket: its queue lives as long as it does."""
-        try:
-            user = str(json.loads(await asyncio.wait_for(ws.recv(), 10))["user"])
-        except (TimeoutError, ValueError, KeyError, TypeError):
-            await ws.close(4002, 'expected {"user": id}')
+        user = await read_user(ws)
+        if user is None:
             return
         channel = self._channels[next(self._next)]
         tag = f"s{next(self._tags)}"

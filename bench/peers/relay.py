@@ -26,13 +26,19 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 SOCKETS: dict[str, set[ServerConnection]] = {}
 
 
-async def handle(ws: ServerConnection) -> None:
-    """Register the socket under the user named by its first frame until it closes."""
+async def read_user(ws: ServerConnection) -> str | None:
+    """The user named by the socket's first frame; None (the socket closed with 4002) without one."""
     try:
-        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        user = str(first["user"])
+        return str(json.loads(await asyncio.wait_for(ws.recv(), 10))["user"])
     except (TimeoutError, ValueError, KeyError, TypeError):
         await ws.close(4002, 'expected {"user": id}')
+        return None
+
+
+async def handle(ws: ServerConnection) -> None:
+    """Register the socket under the user named by its first frame until it closes."""
+    user = await read_user(ws)
+    if user is None:
         return
     SOCKETS.setdefault(user, set()).add(ws)
     try:
